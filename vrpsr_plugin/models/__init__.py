@@ -1,0 +1,1 @@
+"""See vrpsr_plugin/__init__.py: modules here are imported by file suffix."""
