@@ -1,4 +1,13 @@
-"""Real image codecs (x264, x265, vvenc, ... through ffmpeg) and the codec condition of the paper."""
-from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
+"""Real image codecs (x264, x265, vvenc, ... through ffmpeg) and the codec condition of the paper.
 
-__all__ = ['CONDITION_CODECS', 'CodecCondition']
+``encode`` runs one picture through a codec at a constant QP or CRF; ``find_qp`` matches a target bitrate
+(Eq. 2); see docs/codecs.md.
+"""
+from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
+from vrpsr_plugin.codecs.encode import CodecResult, available_codecs, encode
+from vrpsr_plugin.codecs.encoders import CODECS, qp_range
+from vrpsr_plugin.codecs.errors import CodecError, CodecTimeoutError, EncoderUnavailableError, FFmpegNotFoundError
+from vrpsr_plugin.codecs.inputs import load_image
+
+__all__ = ['CONDITION_CODECS', 'CodecCondition', 'CODECS', 'CodecResult', 'encode', 'available_codecs', 'qp_range',
+           'CodecError', 'CodecTimeoutError', 'EncoderUnavailableError', 'FFmpegNotFoundError', 'load_image']

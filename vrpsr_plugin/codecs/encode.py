@@ -1,0 +1,112 @@
+"""``encode``: one picture through a real codec and back, at a constant QP or a CRF (§3.1, Eq. 1/2).
+
+The bitrate is bpp = 8 * num_bytes / (H * W): every byte of the single-picture bitstream (parameter sets and
+slice data; the encoders' informational SEI text is stripped, see encoders.strip_sei) over the input's pixels.
+Sizes are edge-replicated up to even (the yuv420 grid) before encoding and cropped back after decoding.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from vrpsr_plugin.codecs import ffmpeg_route, pyav_route
+from vrpsr_plugin.codecs.encoders import CodecSpec, get_spec, strip_sei
+from vrpsr_plugin.codecs.inputs import ImageLike, to_rgb_uint8
+from vrpsr_plugin.codecs.yuv import bytes_to_planes, planes_to_bytes, rgb_to_yuv420, yuv420_to_rgb
+
+ROUTES = ('auto', 'pyav', 'ffmpeg')
+
+
+@dataclass
+class CodecResult:
+    """Decoded picture and its rate. ``qp`` is the constant QP (None in CRF mode); ``num_encodes`` counts the
+    encodes spent (``find_qp``); ``reachable`` is False when ``find_qp`` clipped an unreachable target."""
+    image: np.ndarray
+    num_bytes: int
+    bpp: float
+    qp: Optional[int]
+    crf: Optional[float]
+    codec: str
+    route: str
+    num_encodes: int = 1
+    target_bpp: Optional[float] = None
+    reachable: bool = True
+    bitstream: bytes = field(default=b'', repr=False)
+
+    def tensor(self) -> torch.Tensor:
+        """The decoded image as a CxHxW float32 tensor in [0, 1]."""
+        return torch.from_numpy(self.image).permute(2, 0, 1).float().div_(255.0)
+
+
+def _check_mode(spec: CodecSpec, qp: Optional[int], crf: Optional[float]) -> None:
+    if (qp is None) == (crf is None):
+        raise ValueError(f'give exactly one of qp= and crf= (got qp={qp!r}, crf={crf!r})')
+    if qp is not None:
+        if isinstance(qp, bool) or not isinstance(qp, (int, np.integer)):
+            raise ValueError(f'qp must be an integer, got {qp!r}')
+        lo, hi = spec.qp_range
+        if not lo <= qp <= hi:
+            raise ValueError(f'qp={qp} is outside {spec.name}\'s range [{lo}, {hi}]')
+    else:
+        if spec.crf_range is None:
+            raise ValueError(f'{spec.name} has no CRF mode here; use qp= (range {spec.qp_range})')
+        if isinstance(crf, bool) or not isinstance(crf, (int, float)) or not math.isfinite(crf):
+            raise ValueError(f'crf must be a finite number, got {crf!r}')
+        lo, hi = spec.crf_range
+        if not lo <= crf <= hi:
+            raise ValueError(f'crf={crf} is outside {spec.name}\'s range [{lo:g}, {hi:g}]')
+
+
+def pick_route(spec: CodecSpec, route: str, ffmpeg: Optional[str]) -> str:
+    """'pyav' or 'ffmpeg'. 'auto' takes PyAV where it supports the codec and no ffmpeg binary was passed."""
+    if route not in ROUTES:
+        raise ValueError(f'route must be one of {ROUTES}, got {route!r}')
+    if route == 'pyav' and not pyav_route.supports(spec):
+        raise ValueError(f"route='pyav' does not support {spec.name}; PyAV runs only libx264/libx265")
+    if route == 'auto':
+        return 'pyav' if ffmpeg is None and pyav_route.supports(spec) else 'ffmpeg'
+    return route
+
+
+def encode(image: ImageLike, codec: str, qp: Optional[int] = None, crf: Optional[float] = None, *,
+           route: str = 'auto', ffmpeg: Optional[str] = None, timeout: float = ffmpeg_route.DEFAULT_TIMEOUT,
+           preset: Optional[str] = None) -> CodecResult:
+    """Encode ``image`` (HxWx3 uint8 or CxHxW float in [0, 1]) as one intra picture with ``codec`` at constant
+    ``qp`` or at ``crf``, decode it, and return the decoded HxWx3 uint8 image with its rate (Eq. 1)."""
+    spec = get_spec(codec)
+    _check_mode(spec, qp, crf)
+    rgb = to_rgb_uint8(image)
+    height, width = rgb.shape[:2]
+    if min(height, width) < spec.min_size:
+        raise ValueError(f'image is {width}x{height}, smaller than {codec}\'s minimum of {spec.min_size}x'
+                         f'{spec.min_size}')
+    used = pick_route(spec, route, ffmpeg)
+    qp = None if qp is None else int(qp)
+    options = spec.options(qp, crf, preset)
+    padded = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode='edge')
+    ph, pw = padded.shape[:2]
+    planes = rgb_to_yuv420(padded, spec.bit_depth, spec.full_range)
+    if used == 'pyav':
+        bitstream = strip_sei(pyav_route.encode_pyav(planes, pw, ph, spec, options), spec)
+        decoded = pyav_route.decode_pyav(bitstream, spec)
+    else:
+        exe = ffmpeg_route.resolve_ffmpeg(ffmpeg)
+        raw = ffmpeg_route.encode_ffmpeg(planes_to_bytes(planes), pw, ph, spec, options, exe, timeout)
+        bitstream = strip_sei(raw, spec)
+        decoded = bytes_to_planes(ffmpeg_route.decode_ffmpeg(bitstream, spec, exe, timeout), ph, pw,
+                                  spec.bit_depth)
+    out = yuv420_to_rgb(*decoded, spec.bit_depth, spec.full_range)[:height, :width]
+    num_bytes = len(bitstream)
+    return CodecResult(image=np.ascontiguousarray(out), num_bytes=num_bytes, bpp=8.0 * num_bytes / (height * width),
+                       qp=qp, crf=None if crf is None else float(crf), codec=codec, route=used,
+                       bitstream=bitstream)
+
+
+def available_codecs(ffmpeg: Optional[str] = None) -> tuple:
+    """Codec names (keys of encoders.CODECS) whose encoder the resolved ffmpeg build has (cached per binary)."""
+    from vrpsr_plugin.codecs.encoders import CODECS
+    exe = ffmpeg_route.resolve_ffmpeg(ffmpeg)
+    have = set(ffmpeg_route.ffmpeg_encoders(exe))
+    return tuple(name for name, spec in CODECS.items() if spec.encoder in have)

@@ -1,0 +1,158 @@
+"""Per-codec settings: encoder options for constant-QP and CRF mode, QP ranges, minimum sizes (§3.1, App. A.2).
+
+Constant QP means the picture's slice is coded at exactly the requested QP: the encoders' default intra-QP
+offsets are removed and adaptive quantisation is off (so no per-block QP deltas). CRF mode is the encoder's own
+rate control with its defaults. Every codec codes one intra picture in yuv420 (10 bit for vvenc).
+
+| codec      | ffmpeg encoder | constant-QP options                                                          |
+|------------|----------------|------------------------------------------------------------------------------|
+| libx264    | libx264        | -qp Q -x264-params ipratio=1:aq-mode=0:mbtree=0                              |
+| libx265    | libx265        | -x265-params qp=Q:ipratio=1:aq-mode=0:cutree=0:info=0                        |
+| libvvenc   | libvvenc       | -qp Q -qpa 0 -vvenc-params IntraQPOffset=0                                   |
+| libsvtav1  | libsvtav1      | -qp Q -svtav1-params rc=0:aq-mode=0:enable-tpl-la=0:use-fixed-qindex-offsets=1:key-frame-qindex-offset=0:key-frame-chroma-qindex-offset=0 (base_q_idx = 4Q, 255 at 63) |
+| jpeg       | mjpeg          | -q:v Q -qmin 1 (the "QP" is the JPEG qscale, 1..31)                           |
+| libwebp    | libwebp        | -quality Q (0..100; the rate *increases* with Q)                              |
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+Options = List[Tuple[str, str]]  # encoder options, in order: ('qp', '30') -> '-qp 30' / ctx.options['qp']
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """How one codec is driven. ``qp_range``/``crf_range`` are inclusive; ``rate_decreases`` says whether the
+    bitrate falls as the QP parameter rises (False for WebP's quality). ``nal`` names the Annex-B NAL syntax
+    used to strip the encoder's informational SEI; ``pyav_decoder`` is set where PyAV can run the codec."""
+    name: str
+    encoder: str
+    muxer: str
+    demuxer: str
+    qp_range: Tuple[int, int]
+    crf_range: Optional[Tuple[float, float]]
+    default_preset: Optional[str]
+    bit_depth: int = 8
+    full_range: bool = False
+    min_size: int = 16
+    rate_decreases: bool = True
+    qp_start: int = 30
+    log_rate_slope: float = -0.115  # d ln(bpp) / d QP prior (H.26x: the rate halves every ~6 QP)
+    nal: Optional[str] = None
+    pyav_decoder: Optional[str] = None
+
+    @property
+    def pix_fmt(self) -> str:
+        """ffmpeg pixel format of the planes handed to / read from the codec."""
+        if self.bit_depth == 10:
+            return 'yuv420p10le'
+        return 'yuvj420p' if self.full_range else 'yuv420p'
+
+    def options(self, qp: Optional[int], crf: Optional[float], preset: Optional[str]) -> Options:
+        """Encoder options for constant-QP (``qp``) or CRF (``crf``) mode."""
+        preset = self.default_preset if preset is None else preset
+        opts: Options = [('preset', str(preset))] if preset is not None else []
+        return opts + _MODE_OPTIONS[self.name](qp, crf)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _x264(qp, crf) -> Options:
+    if qp is not None:
+        return [('qp', str(qp)), ('x264-params', 'ipratio=1:aq-mode=0:mbtree=0')]
+    return [('crf', _fmt(crf))]
+
+
+def _x265(qp, crf) -> Options:
+    if qp is not None:
+        return [('x265-params', f'qp={qp}:ipratio=1:aq-mode=0:cutree=0:info=0:log-level=error')]
+    return [('crf', _fmt(crf)), ('x265-params', 'info=0:log-level=error')]
+
+
+def _vvenc(qp, crf) -> Options:
+    return [('qp', str(qp)), ('qpa', '0'), ('vvenc-params', 'IntraQPOffset=0')]
+
+
+def _svtav1(qp, crf) -> Options:
+    if qp is not None:
+        return [('qp', str(qp)), ('svtav1-params', 'rc=0:aq-mode=0:enable-tpl-la=0:use-fixed-qindex-offsets=1:'
+                                                   'key-frame-qindex-offset=0:key-frame-chroma-qindex-offset=0')]
+    return [('crf', _fmt(crf))]
+
+
+def _mjpeg(qp, crf) -> Options:
+    return [('q:v', str(qp)), ('qmin', '1')]
+
+
+def _webp(qp, crf) -> Options:
+    return [('quality', str(qp)), ('lossless', '0')]
+
+
+_MODE_OPTIONS = {'libx264': _x264, 'libx265': _x265, 'libvvenc': _vvenc, 'libsvtav1': _svtav1,
+                 'jpeg': _mjpeg, 'libwebp': _webp}
+
+CODECS: Dict[str, CodecSpec] = {s.name: s for s in (
+    CodecSpec('libx264', 'libx264', 'h264', 'h264', (0, 51), (0, 51), 'medium', qp_start=30, nal='h264',
+              pyav_decoder='h264'),
+    CodecSpec('libx265', 'libx265', 'hevc', 'hevc', (0, 51), (0, 51), 'medium', qp_start=30, nal='hevc',
+              pyav_decoder='hevc'),
+    CodecSpec('libvvenc', 'libvvenc', 'vvc', 'vvc', (0, 63), None, 'medium', bit_depth=10, min_size=32,
+              qp_start=32, nal='vvc'),
+    CodecSpec('libsvtav1', 'libsvtav1', 'obu', 'obu', (1, 63), (1, 63), '8', qp_start=35, log_rate_slope=-0.07),
+    CodecSpec('jpeg', 'mjpeg', 'mjpeg', 'mjpeg', (1, 31), None, None, full_range=True, qp_start=6,
+              log_rate_slope=-0.08),
+    CodecSpec('libwebp', 'libwebp', 'webp', 'webp_pipe', (0, 100), None, None, rate_decreases=False,
+              qp_start=75, log_rate_slope=0.02),
+)}
+
+
+def get_spec(codec: str) -> CodecSpec:
+    """The :class:`CodecSpec` of ``codec``; ValueError naming the known codecs otherwise."""
+    try:
+        return CODECS[codec]
+    except (KeyError, TypeError):
+        raise ValueError(f'unknown codec {codec!r}; known codecs: {", ".join(CODECS)}') from None
+
+
+def qp_range(codec: str) -> Tuple[int, int]:
+    """Inclusive range of the QP parameter of ``codec`` (JPEG: qscale, WebP: quality, AV1: SVT-AV1's QP)."""
+    return get_spec(codec).qp_range
+
+
+def _strip_sei(bitstream: bytes, nal: str) -> bytes:
+    """Drop SEI NAL units (the encoders' version/options text, up to ~2 kB) from an Annex-B stream; parameter
+    sets and slices are kept, so the result is the whole decodable picture."""
+    starts = []
+    i = bitstream.find(b'\x00\x00\x01')
+    while i >= 0:
+        starts.append(i + 3)
+        i = bitstream.find(b'\x00\x00\x01', i + 3)
+    if not starts:
+        return bitstream
+    units = []
+    for k, s in enumerate(starts):
+        end = starts[k + 1] - 3 if k + 1 < len(starts) else len(bitstream)
+        begin = s - 4 if s >= 4 and bitstream[s - 4] == 0 else s - 3
+        if k + 1 < len(starts) and bitstream[end - 1] == 0 and end - 1 >= s:
+            end -= 1  # the next unit's 4-byte start code owns that zero
+        units.append((begin, end, s))
+    keep = []
+    for begin, end, s in units:
+        if s >= len(bitstream):
+            continue
+        header = bitstream[s]
+        if nal == 'h264':
+            sei = header & 0x1F == 6
+        elif nal == 'hevc':
+            sei = (header >> 1) & 0x3F in (39, 40)
+        else:  # vvc: nal_unit_type in the second header byte
+            sei = s + 1 < len(bitstream) and (bitstream[s + 1] >> 3) & 0x1F in (23, 24)
+        if not sei:
+            keep.append(bitstream[begin:end])
+    return b''.join(keep)
+
+
+def strip_sei(bitstream: bytes, spec: CodecSpec) -> bytes:
+    """:func:`_strip_sei` for NAL-based codecs; other bitstreams are returned unchanged."""
+    return _strip_sei(bitstream, spec.nal) if spec.nal else bitstream
