@@ -1,0 +1,187 @@
+"""Stage-1 data (§3.3.1, Eq. 4/6): ground truth X, the real codec's decoded output X^ and the condition c.
+
+Each sample draws a codec from ``codecs`` and a QP from ``qps`` (or ``qp_range: [lo, hi]``, inclusive), encodes
+the ground-truth crop with that real codec, and returns the *measured* bpp as the condition (the simulator learns
+the rate-target mapping of Eq. 4). With ``dataroot_bank`` the encodes come from a codec bank
+(:mod:`vrpsr_plugin.data.codec_bank`) at the bank's QP grid instead of being computed on the fly.
+
+Every draw of sample ``i`` (crop, flips, codec, QP) comes from its own generator seeded by ``(seed, i)``, so a
+sample is the same in every worker, run and resumed run. Options follow BasicSR's conventions: ``dataroot_gt`` +
+``io_backend: {type: disk}`` (a folder, or ``meta_info`` listing files) or ``{type: lmdb}`` (keys from the lmdb's
+``meta_info.txt``); the bank is read with the same backend type.
+"""
+import os.path as osp
+from typing import Any, Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from basicsr.utils import FileClient, scandir
+from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils import data
+
+from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
+from vrpsr_plugin.data.codec_bank import load_bank_index
+
+_IMG_SUFFIX = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def decode_rgb(payload: bytes, name: str) -> np.ndarray:
+    """Image bytes -> H x W x 3 RGB uint8."""
+    img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f'cannot decode image {name}')
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 -> 3 x H x W float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def gt_keys(opt: Dict[str, Any]) -> List[str]:
+    """Ground-truth paths (disk) or keys (lmdb), as BasicSR's paired datasets list them."""
+    root, backend = opt['dataroot_gt'], opt['io_backend']['type']
+    if backend == 'lmdb':
+        if not root.endswith('.lmdb'):
+            raise ValueError(f"dataroot_gt should end with '.lmdb' for the lmdb backend, got {root!r}")
+        with open(osp.join(root, 'meta_info.txt')) as handle:
+            return [line.split('.')[0] for line in handle if line.strip()]
+    if backend != 'disk':
+        raise ValueError(f'io_backend type must be disk or lmdb, got {backend!r}')
+    if opt.get('meta_info'):
+        with open(opt['meta_info']) as handle:
+            return [osp.join(root, line.strip().split(' ')[0]) for line in handle if line.strip()]
+    if not osp.isdir(root):
+        raise FileNotFoundError(f'dataroot_gt {root!r} is not a folder')
+    paths = sorted(osp.join(root, p) for p in scandir(root, suffix=_IMG_SUFFIX, recursive=True))
+    if not paths:
+        raise FileNotFoundError(f'no images in {root!r}')
+    return paths
+
+
+def sample_qps(opt: Dict[str, Any]) -> List[int]:
+    """The QP set from ``qps: [...]`` or ``qp_range: [lo, hi]`` (inclusive)."""
+    if opt.get('qps') is not None:
+        qps = [int(q) for q in opt['qps']]
+    elif opt.get('qp_range') is not None:
+        lo, hi = (int(v) for v in opt['qp_range'])
+        if lo > hi:
+            raise ValueError(f'qp_range must be [lo, hi] with lo <= hi, got {opt["qp_range"]}')
+        qps = list(range(lo, hi + 1))
+    else:
+        raise ValueError('set qps: [...] or qp_range: [lo, hi]')
+    if not qps or min(qps) < 0:
+        raise ValueError(f'QPs must be non-negative, got {qps}')
+    return qps
+
+
+def random_crop_box(h: int, w: int, size: Optional[int], rng: np.random.Generator, align: int) -> Tuple[int, ...]:
+    """(top, left, height, width): a ``size`` crop at ``align``-aligned offsets, or the whole image cut to a
+    multiple of ``align``."""
+    if size is None:
+        return 0, 0, h - h % align, w - w % align
+    if size > min(h, w):
+        raise ValueError(f'gt_size {size} is larger than an image of {h}x{w}')
+    top = int(rng.integers(0, (h - size) // align + 1)) * align
+    left = int(rng.integers(0, (w - size) // align + 1)) * align
+    return top, left, size, size
+
+
+def augment_pair(images: List[np.ndarray], rng: np.random.Generator, hflip: bool, rot: bool) -> List[np.ndarray]:
+    """The same horizontal flip / 90-degree rotation on all images (BasicSR's ``augment``, seeded)."""
+    flip, vflip, rot90 = hflip and rng.random() < 0.5, rot and rng.random() < 0.5, rot and rng.random() < 0.5
+    out = []
+    for img in images:
+        img = img[:, ::-1] if flip else img
+        img = img[::-1] if vflip else img
+        out.append(np.ascontiguousarray(img.transpose(1, 0, 2) if rot90 else img))
+    return out
+
+
+@DATASET_REGISTRY.register()
+class CodecSimulatorDataset(data.Dataset):
+    """{'gt': X, 'codec_out': real codec output, 'cond': [onehot, bpp], 'qp', 'codec', 'gt_path'} (Eq. 4/6).
+
+    Options: dataroot_gt, io_backend, meta_info, codecs, qps | qp_range, gt_size (None: whole image), align (16),
+    use_hflip, use_rot, seed, dataroot_bank (optional codec bank), encode_kwargs (passed to ``codecs.encode``),
+    condition_codecs (one-hot order, default CONDITION_CODECS).
+    """
+
+    def __init__(self, opt: Dict[str, Any]) -> None:
+        super().__init__()
+        self.opt = opt
+        self.codecs = list(opt.get('codecs') or ['libx264'])
+        self.condition_codecs = tuple(opt.get('condition_codecs') or CONDITION_CODECS)
+        unknown = sorted(set(self.codecs) - set(self.condition_codecs))
+        if unknown:
+            raise ValueError(f'codecs {unknown} are not in the condition one-hot {self.condition_codecs}')
+        self.gt_size = opt.get('gt_size')
+        self.align = int(opt.get('align', 16))
+        self.seed = int(opt.get('seed', 0))
+        self.io_opt = dict(opt['io_backend'])
+        self.file_client: Optional[FileClient] = None
+        self.bank = opt.get('dataroot_bank')
+        if self.bank:
+            index = load_bank_index(self.bank)
+            self.qps = [int(q) for q in (opt.get('qps') or index['qps'])]
+            self.keys = sorted(index['items'])
+            self.items = index['items']
+            for key in self.keys:  # every sample drawable: fail now, not in a worker later
+                for codec in self.codecs:
+                    have = set(self.items[key]['codes'].get(codec, {}))
+                    if not {str(q) for q in self.qps} <= have:
+                        raise ValueError(f'bank {self.bank!r} lacks {codec} QPs '
+                                         f'{sorted({str(q) for q in self.qps} - have)} for {key!r}; '
+                                         'finish it with `vrpsr prepare-bank` or restrict codecs/qps')
+        else:
+            self.qps = sample_qps(opt)
+            self.keys = gt_keys(opt)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _read(self, path: str, client_key: str) -> np.ndarray:
+        """Read an image through BasicSR's FileClient (disk path, or lmdb key under ``client_key``)."""
+        if self.file_client is None:
+            opt = dict(self.io_opt)
+            backend = opt.pop('type')
+            if backend == 'lmdb':
+                roots = {'gt': self.bank or self.opt['dataroot_gt']}
+                opt.update(db_paths=list(roots.values()), client_keys=list(roots))
+            self.file_client = FileClient(backend, **opt)
+        if self.io_opt['type'] == 'lmdb':
+            return decode_rgb(self.file_client.get(path, 'gt'), path)
+        return decode_rgb(self.file_client.get(path), path)
+
+    def _bank_path(self, relpath: str) -> str:
+        return osp.splitext(relpath)[0] if self.io_opt['type'] == 'lmdb' else osp.join(self.bank, relpath)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        from vrpsr_plugin.codecs import encode
+        key = self.keys[index % len(self.keys)]
+        rng = np.random.default_rng([self.seed, index])
+        codec = self.codecs[int(rng.integers(len(self.codecs)))]
+        qp = self.qps[int(rng.integers(len(self.qps)))]
+        if self.bank:
+            item = self.items[key]
+            code = item['codes'][codec][str(qp)]
+            gt, decoded = self._read(self._bank_path(item['gt']), 'gt'), self._read(self._bank_path(code['path']), 'gt')
+            if gt.shape != decoded.shape:
+                raise ValueError(f'bank entry {code["path"]} has shape {decoded.shape}, its ground truth {gt.shape}')
+            top, left, h, w = random_crop_box(*gt.shape[:2], self.gt_size, rng, self.align)
+            gt, decoded = (img[top:top + h, left:left + w] for img in (gt, decoded))
+            bpp, gt_path = float(code['bpp']), osp.join(self.bank, item['gt'])
+        else:
+            gt = self._read(key, 'gt')
+            top, left, h, w = random_crop_box(*gt.shape[:2], self.gt_size, rng, self.align)
+            gt = np.ascontiguousarray(gt[top:top + h, left:left + w])
+            gt = augment_pair([gt], rng, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))[0]
+            result = encode(gt, codec, qp=qp, **self.opt.get('encode_kwargs', {}))
+            decoded, bpp, gt_path = result.image, float(result.bpp), key
+        if self.bank:
+            gt, decoded = augment_pair([gt, decoded], rng, self.opt.get('use_hflip', False),
+                                       self.opt.get('use_rot', False))
+        cond = CodecCondition(codec, bpp, qp).vector(self.condition_codecs)
+        return {'gt': to_tensor(gt), 'codec_out': to_tensor(decoded), 'cond': cond, 'qp': qp, 'codec': codec,
+                'gt_path': gt_path}

@@ -1,0 +1,111 @@
+"""Real-ESRGAN's high-order degradation p_C(X~ | X) (Eq. 1, App. B.1), run per sample on any device.
+
+The kernels come from BasicSR's ``random_mixed_kernels`` / ``circular_lowpass_kernel`` with Real-ESRGAN's
+sampling rules and option names; the degradation chain itself is BasicSR's ``RealESRGANModel.feed_data`` (blur ->
+resize -> noise -> JPEG, twice, with the final sinc filter), called on a small carrier object that holds the CPU
+(or any device's) JPEG and USM modules instead of the model's hard-coded ``.cuda()`` ones. It runs inside the
+dataset because the codec condition of Eq. 1 is the real codec's bitrate *on X~*.
+
+All randomness goes through Python's ``random``, NumPy's and torch's global generators (that is how BasicSR's
+functions draw); :func:`seeded` makes a sample a pure function of its seed.
+"""
+import contextlib
+import math
+import random
+from types import SimpleNamespace
+from typing import Any, Dict, Iterator, Sequence
+
+import numpy as np
+import torch
+from basicsr.data.degradations import circular_lowpass_kernel, random_mixed_kernels
+from basicsr.models.realesrgan_model import RealESRGANModel
+from basicsr.utils import DiffJPEG, USMSharp
+
+_KERNELS = ['iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso']
+
+# Real-ESRGAN x4plus settings (train_realesrgan_x4plus.yml); any key can be overridden by the dataset options.
+REALESRGAN_DEFAULTS: Dict[str, Any] = dict(
+    blur_kernel_size=21, kernel_list=_KERNELS, kernel_prob=[0.45, 0.25, 0.12, 0.03, 0.12, 0.03], sinc_prob=0.1,
+    blur_sigma=[0.2, 3], betag_range=[0.5, 4], betap_range=[1, 2],
+    blur_kernel_size2=21, kernel_list2=_KERNELS, kernel_prob2=[0.45, 0.25, 0.12, 0.03, 0.12, 0.03], sinc_prob2=0.1,
+    blur_sigma2=[0.2, 1.5], betag_range2=[0.5, 4], betap_range2=[1, 2], final_sinc_prob=0.8,
+    resize_prob=[0.2, 0.7, 0.1], resize_range=[0.15, 1.5], gaussian_noise_prob=0.5, noise_range=[1, 30],
+    poisson_scale_range=[0.05, 3], gray_noise_prob=0.4, jpeg_range=[30, 95],
+    second_blur_prob=0.8, resize_prob2=[0.3, 0.4, 0.3], resize_range2=[0.3, 1.2], gaussian_noise_prob2=0.5,
+    noise_range2=[1, 25], poisson_scale_range2=[0.05, 2.5], gray_noise_prob2=0.4, jpeg_range2=[30, 95])
+
+_KERNEL_RANGE = [2 * v + 1 for v in range(3, 11)]  # 7..21, as in Real-ESRGAN
+_PAD_TO = 21
+
+
+@contextlib.contextmanager
+def seeded(seed_words: Sequence[int]) -> Iterator[None]:
+    """Seed ``random``, NumPy and torch (CPU) from ``seed_words`` for the block; restore their states after."""
+    seed = int(np.random.SeedSequence(list(seed_words)).generate_state(1)[0])
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _blur_kernel(opt: Dict[str, Any], suffix: str) -> np.ndarray:
+    """One first/second-order blur kernel (``suffix`` '' or '2'), zero-padded to 21 x 21."""
+    size = random.choice(_KERNEL_RANGE)
+    if np.random.uniform() < opt[f'sinc_prob{suffix}']:
+        omega_c = np.random.uniform(np.pi / 3, np.pi) if size < 13 else np.random.uniform(np.pi / 5, np.pi)
+        kernel = circular_lowpass_kernel(omega_c, size, pad_to=False)
+    else:
+        sigma = opt[f'blur_sigma{suffix}']
+        kernel = random_mixed_kernels(opt[f'kernel_list{suffix}'], opt[f'kernel_prob{suffix}'], size, sigma, sigma,
+                                      [-math.pi, math.pi], opt[f'betag_range{suffix}'], opt[f'betap_range{suffix}'],
+                                      noise_range=None)
+    pad = (_PAD_TO - size) // 2
+    return np.pad(kernel, ((pad, pad), (pad, pad)))
+
+
+class HighOrderDegradation:
+    """X -> X~ with Real-ESRGAN's second-order model at SR scale ``scale`` (1: same-size restoration)."""
+
+    def __init__(self, opt: Dict[str, Any], scale: int = 1, device: torch.device = torch.device('cpu')) -> None:
+        if scale not in (1, 2, 4):
+            raise ValueError(f'scale must be 1, 2 or 4, got {scale}')
+        unknown = set(opt) - set(REALESRGAN_DEFAULTS)
+        if unknown:
+            raise ValueError(f'unknown degradation options {sorted(unknown)}; known: {sorted(REALESRGAN_DEFAULTS)}')
+        self.opt = {**REALESRGAN_DEFAULTS, **opt, 'scale': scale, 'high_order_degradation': True}
+        self.device = torch.device(device)
+        self.jpeger = DiffJPEG(differentiable=False).to(self.device)
+        self.usm_sharpener = USMSharp().to(self.device)
+
+    def sample_kernels(self) -> Dict[str, torch.Tensor]:
+        """First/second blur kernels and the final sinc kernel (a pulse when not drawn), 21 x 21 each."""
+        if np.random.uniform() < self.opt['final_sinc_prob']:
+            omega_c = np.random.uniform(np.pi / 3, np.pi)
+            sinc = circular_lowpass_kernel(omega_c, random.choice(_KERNEL_RANGE), pad_to=_PAD_TO)
+        else:
+            sinc = np.zeros((_PAD_TO, _PAD_TO))
+            sinc[_PAD_TO // 2, _PAD_TO // 2] = 1
+        return {'kernel1': torch.FloatTensor(_blur_kernel(self.opt, '')),
+                'kernel2': torch.FloatTensor(_blur_kernel(self.opt, '2')), 'sinc_kernel': torch.FloatTensor(sinc)}
+
+    @torch.no_grad()
+    def __call__(self, gt: torch.Tensor) -> torch.Tensor:
+        """``gt``: B x 3 x H x W in [0, 1] (H, W divisible by the scale) -> X~: B x 3 x H/s x W/s, 8-bit levels."""
+        if gt.dim() != 4 or gt.shape[1] != 3:
+            raise ValueError(f'expected a B x 3 x H x W batch, got {tuple(gt.shape)}')
+        h, w = gt.shape[-2:]
+        if h % self.opt['scale'] or w % self.opt['scale']:
+            raise ValueError(f'image size {h}x{w} is not divisible by the scale {self.opt["scale"]}')
+        kernels = [self.sample_kernels() for _ in range(gt.shape[0])]
+        data = {'gt': gt, **{k: torch.stack([kk[k] for kk in kernels]) for k in kernels[0]}}
+        carrier = SimpleNamespace(is_train=True, opt={**self.opt, 'gt_size': h}, device=self.device,
+                                  jpeger=self.jpeger, usm_sharpener=self.usm_sharpener,
+                                  _dequeue_and_enqueue=lambda: None)
+        RealESRGANModel.feed_data(carrier, data)
+        return carrier.lq
