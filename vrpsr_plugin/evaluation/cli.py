@@ -1,0 +1,54 @@
+"""``vrpsr eval``: the rate-matched recompression benchmark of §4.1 (see docs/evaluation.md)."""
+import argparse
+from pathlib import Path
+
+from vrpsr_plugin.evaluation.bdrate import METHODS
+from vrpsr_plugin.evaluation.metric_suite import FID_MODES, METRICS, MetricSuite
+from vrpsr_plugin.evaluation.protocol import EvalConfig, Protocol, default_loader, parse_models
+from vrpsr_plugin.evaluation.run import evaluate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vrpsr eval``."""
+    parser.add_argument('--data', required=True, type=Path, help='folder of test images (e.g. Kodak)')
+    parser.add_argument('--models', required=True, nargs='+', metavar='NAME=PATH',
+                        help='methods: NAME=checkpoint (.pth), BasicSR option (.yml) or save_pretrained folder; '
+                             '"identity" = no SR (bicubic). The first is the baseline unless --baseline')
+    parser.add_argument('--out', required=True, type=Path, help='results folder (its cache/ makes runs resumable)')
+    parser.add_argument('--codecs', nargs='+', default=['libx264', 'libx265', 'libvvenc'])
+    parser.add_argument('--qps', nargs='+', type=int, default=[27, 32, 37, 42], help='source QPs (Table 1)')
+    parser.add_argument('--crf', nargs='*', type=int, default=[], help='source CRFs (Table S4), e.g. 26 28 32 36')
+    parser.add_argument('--size', type=int, default=512, help='center-crop size of the clean image X')
+    parser.add_argument('--scale', type=int, default=None, help='SR scale (default: the models\'; 1 for identity)')
+    parser.add_argument('--baseline', default=None, help='method the BD-rates and t-tests compare against')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--tile', type=int, default=0, help='restore in tiles of this size (0 = whole image)')
+    parser.add_argument('--metrics', nargs='+', default=list(METRICS), choices=METRICS)
+    parser.add_argument('--lpips-weights', default=None, help='torchvision AlexNet file (alexnet-owt-7be5be79.pth)')
+    parser.add_argument('--dists-weights', nargs='+', default=[], metavar='PATH',
+                        help='dists_weights.pt [and vgg16-397923af.pth]')
+    parser.add_argument('--fid-weights', default=None, help='pt_inception-2015-12-05-6726825d.pth')
+    parser.add_argument('--fid', choices=FID_MODES, default='patch', help='patch-FID (default), full FID or off')
+    parser.add_argument('--fid-patch', type=int, default=None, help='patch size (default min(256, size/2))')
+    parser.add_argument('--bd-method', choices=METHODS, default='pchip', help='BD-rate interpolation')
+    parser.add_argument('--color-fix', action='store_true',
+                        help='also report metrics after an AdaIN colour fix applied after the codec')
+    parser.add_argument('--simulator', default=None, help='also evaluate this codec simulator (Table 3, left)')
+    parser.add_argument('--no-progress', action='store_true')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run or resume the benchmark and print where the results are."""
+    cfg = EvalConfig(data=args.data, out=args.out, models=parse_models(args.models), codecs=args.codecs,
+                     qps=args.qps, crfs=args.crf, size=args.size, scale=args.scale, baseline=args.baseline,
+                     device=args.device, tile=args.tile, color_fix=args.color_fix, bd_method=args.bd_method)
+    patch = args.fid_patch or min(256, args.size // 2)
+    suite = MetricSuite.load(args.metrics, args.device, args.lpips_weights, args.dists_weights, args.fid_weights,
+                             args.fid, patch)
+    for name, reason in suite.unavailable.items():
+        print(f'[vrpsr eval] {name} unavailable: {reason}')
+    protocol = Protocol.from_config(cfg, suite)
+    simulator = default_loader(args.simulator, args.device).eval() if args.simulator else None
+    evaluate(protocol, simulator, progress=not args.no_progress)
+    print(f'[vrpsr eval] wrote {args.out / "results.md"}, results.json, per_image.csv and rd_*.png')
+    return 0
