@@ -1,0 +1,186 @@
+"""Guarded access to ComfyUI's device, memory, progress and model-folder handling, with plain-torch fallbacks.
+
+None of ComfyUI is on PyPI. This module never imports ComfyUI at import time: every function looks up
+``comfy.model_management``, ``comfy.utils`` or ``folder_paths`` when it is called and falls back to plain torch
+(CUDA when available, else CPU; a counting progress bar; explicit paths) when they are absent. Inside ComfyUI the
+nodes therefore follow core's upscale node: device from ``get_torch_device()``, ``free_memory()`` before moving a
+model to it, the model back on the offload device afterwards, ``comfy.utils.ProgressBar`` and ``folder_paths``.
+"""
+import importlib
+import os
+from types import ModuleType
+from typing import List, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+MODEL_FOLDER = 'vrpsr'
+UPSCALE_FOLDER = 'upscale_models'
+# Checkpoints (.pth/.safetensors), BasicSR option files (.yml) and save_pretrained directories (listed as dirs).
+MODEL_EXTENSIONS = {'.pth', '.pt', '.safetensors', '.yml', '.yaml'}
+
+
+def _optional_module(name: str) -> Optional[ModuleType]:
+    """The ComfyUI module ``name`` when running inside ComfyUI, else None."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def model_management() -> Optional[ModuleType]:
+    return _optional_module('comfy.model_management')
+
+
+def folder_paths() -> Optional[ModuleType]:
+    return _optional_module('folder_paths')
+
+
+def comfy_available() -> bool:
+    """True inside a running ComfyUI (its ``comfy.model_management`` is importable)."""
+    return model_management() is not None
+
+
+# ---------------------------------------------------------------------------------------------------- devices
+def torch_device() -> torch.device:
+    """Where models run: ComfyUI's ``get_torch_device()``, else CUDA when available, else the CPU."""
+    mm = model_management()
+    if mm is not None:
+        return torch.device(mm.get_torch_device())
+    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def offload_device() -> torch.device:
+    """Where idle models wait: ComfyUI's ``unet_offload_device()``, else the CPU."""
+    mm = model_management()
+    if mm is not None and hasattr(mm, 'unet_offload_device'):
+        return torch.device(mm.unet_offload_device())
+    return torch.device('cpu')
+
+
+def output_device() -> torch.device:
+    """Where node outputs live: ComfyUI's ``intermediate_device()`` (the CPU by default), else the CPU."""
+    mm = model_management()
+    if mm is not None and hasattr(mm, 'intermediate_device'):
+        return torch.device(mm.intermediate_device())
+    return torch.device('cpu')
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def free_memory(num_bytes: int, device: torch.device) -> None:
+    """Ask ComfyUI to unload other models until ``num_bytes`` fit on ``device`` (no-op without ComfyUI)."""
+    mm = model_management()
+    if mm is not None:
+        mm.free_memory(num_bytes, device)
+
+
+def soft_empty_cache() -> None:
+    """Release cached accelerator memory (ComfyUI's ``soft_empty_cache`` when present)."""
+    mm = model_management()
+    if mm is not None and hasattr(mm, 'soft_empty_cache'):
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def oom_exceptions() -> Tuple[Type[BaseException], ...]:
+    """Exception types that mean "out of accelerator memory" (ComfyUI's ``OOM_EXCEPTION`` included)."""
+    types: List[Type[BaseException]] = [torch.OutOfMemoryError]
+    mm = model_management()
+    extra = getattr(mm, 'OOM_EXCEPTION', None) if mm is not None else None
+    if isinstance(extra, type) and extra not in types:
+        types.append(extra)
+    return tuple(types)
+
+
+def throw_if_interrupted() -> None:
+    """Honour ComfyUI's cancel button between work items (no-op without ComfyUI)."""
+    mm = model_management()
+    if mm is not None and hasattr(mm, 'throw_exception_if_processing_interrupted'):
+        mm.throw_exception_if_processing_interrupted()
+
+
+# ---------------------------------------------------------------------------------------------------- progress
+class CountingProgressBar:
+    """Fallback with the part of ``comfy.utils.ProgressBar``'s API the nodes use."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.current = 0
+
+    def update(self, value: int) -> None:
+        self.current += value
+
+    def update_absolute(self, value: int, total: Optional[int] = None, preview=None) -> None:
+        if total is not None:
+            self.total = total
+        self.current = value
+
+
+def progress_bar(total: int):
+    """``comfy.utils.ProgressBar(total)`` inside ComfyUI, else a :class:`CountingProgressBar`."""
+    utils = _optional_module('comfy.utils')
+    if utils is not None and hasattr(utils, 'ProgressBar'):
+        return utils.ProgressBar(total)
+    return CountingProgressBar(total)
+
+
+# ---------------------------------------------------------------------------------------------------- model folders
+def register_model_folder() -> Optional[str]:
+    """Register ``models/vrpsr`` with ``folder_paths`` (so ``extra_model_paths.yaml`` can add more); returns the
+    default folder, or None without ComfyUI."""
+    fp = folder_paths()
+    if fp is None:
+        return None
+    default = os.path.join(fp.models_dir, MODEL_FOLDER)
+    fp.add_model_folder_path(MODEL_FOLDER, default)
+    paths, extensions = fp.folder_names_and_paths[MODEL_FOLDER]
+    if isinstance(extensions, set):
+        extensions.update(MODEL_EXTENSIONS)
+    else:
+        fp.folder_names_and_paths[MODEL_FOLDER] = (paths, set(extensions) | MODEL_EXTENSIONS)
+    return default
+
+
+def model_folders() -> List[str]:
+    """The registered ``vrpsr`` folders (empty without ComfyUI)."""
+    fp = folder_paths()
+    if fp is None or MODEL_FOLDER not in getattr(fp, 'folder_names_and_paths', {}):
+        return []
+    return list(fp.get_folder_paths(MODEL_FOLDER))
+
+
+def list_models() -> List[str]:
+    """Model files (by extension) and save_pretrained directories directly inside the ``vrpsr`` folders."""
+    names = set()
+    for folder in model_folders():
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            if entry.is_dir() or os.path.splitext(entry.name)[1].lower() in MODEL_EXTENSIONS:
+                names.add(entry.name)
+    return sorted(names)
+
+
+def resolve_model(name: str) -> str:
+    """Full path of ``name`` inside the ``vrpsr`` folders; FileNotFoundError naming the folders searched."""
+    folders = model_folders()
+    for folder in folders:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    where = ', '.join(folders) if folders else 'no vrpsr model folder (ComfyUI is not loaded)'
+    raise FileNotFoundError(f'VRPSR model {name!r} not found in {where}')
+
+
+def upscale_models_dir() -> Optional[str]:
+    """ComfyUI's first ``upscale_models`` folder (where stock upscale loaders look), or None without ComfyUI."""
+    fp = folder_paths()
+    if fp is None:
+        return None
+    folders = fp.get_folder_paths(UPSCALE_FOLDER)
+    return folders[0] if folders else None
