@@ -9,7 +9,7 @@ model to it, the model back on the offload device afterwards, ``comfy.utils.Prog
 import importlib
 import os
 from types import ModuleType
-from typing import List, Optional, Tuple, Type
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -34,11 +34,6 @@ def model_management() -> Optional[ModuleType]:
 
 def folder_paths() -> Optional[ModuleType]:
     return _optional_module('folder_paths')
-
-
-def comfy_available() -> bool:
-    """True inside a running ComfyUI (its ``comfy.model_management`` is importable)."""
-    return model_management() is not None
 
 
 # ---------------------------------------------------------------------------------------------------- devices
@@ -85,16 +80,6 @@ def soft_empty_cache() -> None:
         mm.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def oom_exceptions() -> Tuple[Type[BaseException], ...]:
-    """Exception types that mean "out of accelerator memory" (ComfyUI's ``OOM_EXCEPTION`` included)."""
-    types: List[Type[BaseException]] = [torch.OutOfMemoryError]
-    mm = model_management()
-    extra = getattr(mm, 'OOM_EXCEPTION', None) if mm is not None else None
-    if isinstance(extra, type) and extra not in types:
-        types.append(extra)
-    return tuple(types)
 
 
 def throw_if_interrupted() -> None:

@@ -45,6 +45,14 @@ def _check_qp(codec: str, qp: int) -> int:
     return int(qp)
 
 
+def _memory_estimate(module: torch.nn.Module, image: torch.Tensor, tile_size: int) -> int:
+    """Bytes to free before a run, as core's upscale node estimates: weights, plus activations of one tile
+    (384 float32 values per input pixel and channel), plus the image."""
+    height, width = image.shape[1:3]
+    tile_pixels = min(tile_size, height) * min(tile_size, width) if tile_size else height * width
+    return bridge.module_bytes(module) + tile_pixels * 3 * 4 * 384 + image.numel() * image.element_size()
+
+
 def _run_conditioned(model: VRPSRModel, image: torch.Tensor, condition: Optional[VRPSRCondition], tile_size: int,
                      tile_overlap: int, same_size: bool) -> torch.Tensor:
     """Run ``model(x, c)`` image by image on the ComfyUI device (tiled, tile halved on OOM inside ``restore``),
@@ -62,8 +70,7 @@ def _run_conditioned(model: VRPSRModel, image: torch.Tensor, condition: Optional
             raise ValueError(f'{model.name} is codec-aware: connect a VRPSR_CONDITION ("Codec Condition")')
         cond = condition.tensor(batch, getattr(module, 'codecs', CONDITION_CODECS))
     device = bridge.torch_device()
-    per_image = image[0].numel() * image.element_size()
-    bridge.free_memory(bridge.module_bytes(module) + per_image * 64, device)
+    bridge.free_memory(_memory_estimate(module, image, tile_size), device)
     module.to(device)
     progress = bridge.progress_bar(batch)
     outputs = []

@@ -4,7 +4,6 @@
 ``VRPSR_CONDITION`` carries the paper's condition c = (codec, bpp) (§3.2.2) per image; ``VRPSR_MODEL`` a loaded
 codec-conditioned network with ``forward(x, cond)``.
 """
-import math
 import os
 from dataclasses import dataclass
 from typing import Sequence, Tuple
@@ -88,11 +87,3 @@ def to_bchw(image: torch.Tensor) -> torch.Tensor:
 def to_bhwc(images: torch.Tensor) -> torch.Tensor:
     """Library ``B x C x H x W`` -> ComfyUI ``[B, H, W, C]`` (contiguous, clamped to [0, 1])."""
     return images.clamp(0.0, 1.0).movedim(1, -1).contiguous()
-
-
-def check_finite_number(value: float, name: str, minimum: float = 0.0) -> float:
-    """A finite float >= ``minimum``; ValueError naming ``name`` otherwise."""
-    value = float(value)
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(f'{name} must be a finite number >= {minimum}, got {value!r}')
-    return value
