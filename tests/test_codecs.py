@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skimage import data as skdata
 
 from tests.conftest import crop
 from vrpsr_plugin import cli
@@ -116,6 +117,14 @@ def test_pyav_and_ffmpeg_routes_give_identical_bitstreams(codec, photos):
         assert (a.route, b.route) == ('pyav', 'ffmpeg')
         assert a.bitstream == b.bitstream and np.array_equal(a.image, b.image)
     assert encode(photos[0], codec, qp=27).route == 'pyav'  # auto picks the in-process route
+
+
+@pytest.mark.parametrize('codec', ['libx264', 'libx265'])
+def test_routes_agree_on_a_512_picture(codec):
+    # big enough for threading to matter: PyAV's default slice threads would split x264's picture into slices
+    image = skdata.astronaut()
+    a, b = encode(image, codec, qp=32, route='pyav'), encode(image, codec, qp=32, route='ffmpeg')
+    assert a.bitstream == b.bitstream and np.array_equal(a.image, b.image)
 
 
 def test_crf_mode_uses_the_encoders_rate_control(photo):
