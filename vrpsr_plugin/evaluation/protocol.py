@@ -10,6 +10,7 @@ Cache layout under ``out/cache`` (every file written atomically, so a killed run
 ``hr/<img>.png``, ``lr/<img>.png``, ``source/<codec>/<point>/<img>.json``, ``sr/<method>/[<codec>/<point>/]<img>.png``,
 ``items/<method>/<codec>/<point>/<img>.json`` (+ ``.npy`` Inception features), ``hr_feats/<img>.npy``.
 """
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -87,6 +88,13 @@ def list_images(folder: Path) -> List[Path]:
     return files
 
 
+def module_device(model: torch.nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for a module with neither)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device('cpu')
+
+
 def model_scale(model: Optional[torch.nn.Module]) -> Optional[int]:
     """Upscaling factor of a restoration network (None for the identity model): its ``scale``/``upscale``
     attribute, else measured on a 16x16 input."""
@@ -95,7 +103,7 @@ def model_scale(model: Optional[torch.nn.Module]) -> Optional[int]:
     for attr in ('scale', 'upscale'):
         if isinstance(getattr(model, attr, None), int):
             return int(getattr(model, attr))
-    device = next(model.parameters()).device
+    device = module_device(model)
     x = torch.zeros(1, 3, 16, 16, device=device)
     with torch.no_grad():
         out = model(x, CodecCondition('libx264', 0.1).vector()[None].to(device)) if getattr(
@@ -164,7 +172,7 @@ class Protocol:
             self._check(self.root / 'sr' / name / 'model.json', {'source': str(self.cfg.models.get(name, name))})
 
     def _check(self, path: Path, expected: dict) -> None:
-        found = cache.read_json(path)
+        found, expected = cache.read_json(path), json.loads(json.dumps(expected))
         if found is None:
             cache.write_json(path, expected)
         elif found != expected:
@@ -210,7 +218,7 @@ class Protocol:
                                                           align_corners=False)
         else:
             cond = CodecCondition(codec, target_bpp).vector()[None] if aware else None
-            device = next(model.parameters()).device
+            device = module_device(model)
             with torch.no_grad():
                 out = self.restore(model, x.to(device), cond.to(device) if cond is not None else None,
                                    tile=self.cfg.tile).cpu()

@@ -13,7 +13,7 @@ from vrpsr_plugin import codecs as codec_api
 from vrpsr_plugin.codecs import CodecCondition
 from vrpsr_plugin.evaluation import cache
 from vrpsr_plugin.evaluation.metric_suite import MetricSuite, to_tensor
-from vrpsr_plugin.evaluation.protocol import Protocol, default_restore
+from vrpsr_plugin.evaluation.protocol import Protocol, default_restore, module_device
 from vrpsr_plugin.evaluation.stats import mean_std
 
 SIMULATOR_METRICS = ('psnr', 'lpips', 'dists')
@@ -29,7 +29,7 @@ def simulator_item(protocol: Protocol, simulator: torch.nn.Module, path, codec: 
     hr = protocol.hr(path)
     real = codec_api.encode(hr, codec, qp=qp)
     cond = CodecCondition(codec, float(real.bpp)).vector()[None]
-    device = next(simulator.parameters()).device
+    device = module_device(simulator)
     with torch.no_grad():
         out = restore(simulator, to_tensor(hr).to(device), cond.to(device), tile=protocol.cfg.tile).cpu()
     simulated = (out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
