@@ -102,10 +102,22 @@ class HighOrderDegradation:
         h, w = gt.shape[-2:]
         if h % self.opt['scale'] or w % self.opt['scale']:
             raise ValueError(f'image size {h}x{w} is not divisible by the scale {self.opt["scale"]}')
+        smallest = min(min(h, w) * self.opt['resize_range'][0],
+                       min(h, w) / self.opt['scale'] * self.opt['resize_range2'][0])
+        if smallest < _PAD_TO + 1:  # the 21 x 21 blur pads by reflection, which needs > 10 pixels
+            raise ValueError(f'a {h}x{w} crop shrinks to {smallest:.0f} px under resize_range '
+                             f'{self.opt["resize_range"]} / resize_range2 {self.opt["resize_range2"]} at scale '
+                             f'{self.opt["scale"]}; use larger crops or raise the lower resize bounds')
         kernels = [self.sample_kernels() for _ in range(gt.shape[0])]
         data = {'gt': gt, **{k: torch.stack([kk[k] for kk in kernels]) for k in kernels[0]}}
         carrier = SimpleNamespace(is_train=True, opt={**self.opt, 'gt_size': h}, device=self.device,
                                   jpeger=self.jpeger, usm_sharpener=self.usm_sharpener,
                                   _dequeue_and_enqueue=lambda: None)
-        RealESRGANModel.feed_data(carrier, data)
+        threads = torch.get_num_threads()
+        if self.device.type == 'cpu':
+            torch.set_num_threads(1)  # per-sample filters on small crops: threads only add contention
+        try:
+            RealESRGANModel.feed_data(carrier, data)
+        finally:
+            torch.set_num_threads(threads)
         return carrier.lq

@@ -1,0 +1,178 @@
+"""Stage 1 (§3.3.1, §3.3.3): train the rate-target codec simulator f_theta(X, c) ~ real codec output (Eq. 4, 6).
+
+:class:`CodecLoopModel` is the BasicSR training loop shared by the plugin's models: BasicSR's ``SRModel`` (EMA,
+save/load/resume, logging, DDP wrapping) with the perceptual target Delta_S of Eq. 3 (``train.perceptual_opt``
+of type ``VRPSRPerceptualLoss``), an optional discriminator ``network_d`` for its GAN term, AdamW + warm-up/cosine
+and gradient accumulation (App. A.1, :mod:`vrpsr_plugin.models.schedule`). Subclasses say what is trained
+(:meth:`trainable_parameters`) and what the loss compares (:meth:`forward_train`).
+"""
+from collections import OrderedDict, defaultdict
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+from basicsr.archs import build_network
+from basicsr.metrics.psnr_ssim import calculate_psnr_pt
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+from torch import nn
+
+from vrpsr_plugin.losses.vrpsr_loss import VRPSRPerceptualLoss, build_lpips
+from vrpsr_plugin.models.schedule import AccumulationMixin, build_optimizer, build_scheduler
+
+
+def run_net(net: nn.Module, x: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+    """``net(x, cond)`` for codec-aware nets (``codec_aware = True``), ``net(x)`` for plain ones."""
+    bare = net.module if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
+    return net(x, cond) if getattr(bare, 'codec_aware', False) else net(x)
+
+
+class CodecLoopModel(AccumulationMixin, SRModel):
+    """SRModel + Delta_S (Eq. 3) with a discriminator, AdamW/cosine and accumulation; see the module docstring."""
+
+    def init_training_settings(self) -> None:
+        train_opt = self.opt['train']
+        self.check_accumulation()
+        if train_opt.get('pixel_opt'):
+            raise ValueError('use train.perceptual_opt (VRPSRPerceptualLoss; its pixel_opt replaces the L2 term) '
+                             'instead of train.pixel_opt')
+        self.net_d = None
+        if self.opt.get('network_d'):
+            self.net_d = self.model_to_device(build_network(self.opt['network_d']))
+            path = self.opt['path'].get('pretrain_network_d')
+            if path is not None:
+                self.load_network(self.net_d, path, self.opt['path'].get('strict_load_d', True), 'params')
+            self.net_d.train()
+        super().init_training_settings()  # EMA, losses, optimisers, schedulers (ours below)
+        if not isinstance(self.cri_perceptual, VRPSRPerceptualLoss):
+            raise ValueError('train.perceptual_opt must be {type: VRPSRPerceptualLoss, ...}')
+        if self.cri_perceptual.uses_gan and self.net_d is None:
+            raise ValueError('the GAN term (gan_weight > 0) needs a discriminator: add network_d '
+                             '(e.g. {type: UNetDiscriminatorSN}) or set gan_weight: 0')
+
+    # ----------------------------------------------------------------- optimisation (App. A.1)
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters updated by ``optim_g``."""
+        return self.net_g.parameters()
+
+    def setup_optimizers(self) -> None:
+        train_opt = self.opt['train']
+        self.optimizer_g = build_optimizer(train_opt['optim_g'], self.trainable_parameters())
+        self.optimizers.append(self.optimizer_g)
+        if self.net_d is not None:
+            self.optimizer_d = build_optimizer(train_opt.get('optim_d', train_opt['optim_g']), self.net_d.parameters())
+            self.optimizers.append(self.optimizer_d)
+
+    def setup_schedulers(self) -> None:
+        self.schedulers = [build_scheduler(self.opt['train']['scheduler'], o) for o in self.optimizers]
+
+    def forward_train(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(prediction, target) of Delta_S for the current batch."""
+        raise NotImplementedError
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        """One micro-batch: generator (and discriminator) backward; optimiser/scheduler/EMA step when due."""
+        if self.net_d is not None:
+            self.net_d.requires_grad_(False)
+        pred, target = self.forward_train()
+        self.output = pred
+        fake_logits = self.net_d(pred) if self.cri_perceptual.uses_gan else None
+        loss_dict = self.cri_perceptual.terms(pred, target, fake_logits)
+        l_total = sum(loss_dict.values())
+        if not torch.isfinite(l_total):
+            raise FloatingPointError(f'non-finite loss at iteration {current_iter}: '
+                                     f'{ {k: float(v) for k, v in loss_dict.items()} }')
+        self.backward(l_total)
+        loss_dict['l_total'] = l_total
+        if self.net_d is not None and self.cri_perceptual.uses_gan:
+            self.net_d.requires_grad_(True)
+            gan = self.cri_perceptual.gan_loss
+            l_d_real = gan(self.net_d(target.detach()), True, is_disc=True)
+            l_d_fake = gan(self.net_d(pred.detach()), False, is_disc=True)
+            self.backward(l_d_real + l_d_fake)
+            loss_dict['l_d_real'], loss_dict['l_d_fake'] = l_d_real, l_d_fake
+        if self.is_step_due(current_iter):
+            for optimizer in self.optimizers:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for scheduler in self.schedulers:
+                scheduler.step()
+            if self.ema_decay > 0:
+                self.model_ema(decay=self.ema_decay)
+        self.log_dict = self.reduce_loss_dict(OrderedDict((k, v.detach()) for k, v in loss_dict.items()))
+
+    # ----------------------------------------------------------------- saving
+    def extra_networks(self) -> Dict[str, nn.Module]:
+        """Networks besides net_g saved with every checkpoint (label -> module); resumed via ``network_<label>``."""
+        return {'d': self.net_d} if getattr(self, 'net_d', None) is not None else {}
+
+    def save(self, epoch: int, current_iter: int) -> None:
+        for label, net in self.extra_networks().items():
+            self.save_network(net, f'net_{label}', current_iter)
+        super().save(epoch, current_iter)
+
+    # ----------------------------------------------------------------- validation helpers
+    def eval_net(self) -> nn.Module:
+        """net_g_ema when EMA is on (as BasicSR's SRModel.test), else net_g."""
+        return self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+
+    def metric_lpips(self) -> nn.Module:
+        """LPIPS for validation: ``val.lpips_pretrained_backbone`` (default true: the real metric)."""
+        if getattr(self, '_val_lpips', None) is None:
+            val_opt = self.opt.get('val') or {}
+            self._val_lpips = build_lpips(val_opt.get('lpips_net', 'alex'),
+                                          val_opt.get('lpips_pretrained_backbone', True)).to(self.device)
+        return self._val_lpips
+
+    @torch.no_grad()
+    def score(self, pred: torch.Tensor, ref: torch.Tensor) -> Dict[str, float]:
+        """PSNR (on 8-bit levels) and LPIPS of one image pair (1 x 3 x H x W in [0, 1])."""
+        pred, ref = (t.clamp(0, 1).mul(255).round().div(255) for t in (pred, ref))
+        return {'psnr': float(calculate_psnr_pt(pred, ref, crop_border=0).mean()),
+                'lpips': float(self.metric_lpips()(pred, ref, normalize=True).mean())}
+
+    def report(self, dataset_name: str, per_image: List[Dict[str, float]], current_iter: int, tb_logger) -> None:
+        """Average the per-image metrics, log them and write them to tensorboard (``metrics/<set>/<name>``)."""
+        sums: Dict[str, List[float]] = defaultdict(list)
+        for row in per_image:
+            for key, value in row.items():
+                sums[key].append(value)
+        self.metric_results = {k: sum(v) / len(v) for k, v in sums.items()}
+        text = ', '.join(f'{k}: {v:.4f}' for k, v in sorted(self.metric_results.items()))
+        get_root_logger().info(f'Validation {dataset_name} @ iter {current_iter}: {text}')
+        if tb_logger:
+            for key, value in self.metric_results.items():
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{key}', value, current_iter)
+
+
+@MODEL_REGISTRY.register()
+class CodecSimulatorModel(CodecLoopModel):
+    """Trains ``network_g`` (a simulator, forward(x, cond)) on X -> real codec output with Delta_C = Delta_S (Eq. 6)
+    or MSE (``perceptual_opt.mse_only``, Table 3 e). Data: :class:`CodecSimulatorDataset`."""
+
+    def feed_data(self, data: Dict[str, torch.Tensor]) -> None:
+        self.gt = data['gt'].to(self.device)
+        self.cond = data['cond'].to(self.device)
+        self.codec_out = data['codec_out'].to(self.device) if 'codec_out' in data else None
+        self.codecs = list(data.get('codec', []))
+
+    def forward_train(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.codec_out is None:
+            raise ValueError('training batches need codec_out (the real codec output)')
+        return self.net_g(self.gt, self.cond), self.codec_out
+
+    def nondist_validation(self, dataloader, current_iter: int, tb_logger, save_img: bool) -> None:
+        """Simulator vs real codec, per codec and overall: PSNR and LPIPS."""
+        net = self.eval_net()
+        was_training = net.training
+        net.eval()
+        rows = []
+        with torch.no_grad():
+            for batch in dataloader:
+                self.feed_data(batch)
+                sim = net(self.gt, self.cond)
+                for i, codec in enumerate(self.codecs):
+                    scores = self.score(sim[i:i + 1], self.codec_out[i:i + 1])
+                    rows.append({**scores, **{f'{k}_{codec}': v for k, v in scores.items()}})
+        net.train(was_training)
+        self.report(dataloader.dataset.opt['name'], rows, current_iter, tb_logger)
