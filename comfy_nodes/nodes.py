@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from vrpsr_plugin.codecs import CONDITION_CODECS, CodecCondition, available_codecs, encode, find_qp, qp_range
+from vrpsr_plugin.export import export_plain, max_fold_error
 from vrpsr_plugin.inference import load_model, restore
 
 from . import comfy_bridge as bridge
@@ -276,8 +277,9 @@ class PostProcess:
 
 
 class ExportPlainCheckpoint:
-    """Fold a fixed condition into a plain RRDBNet / SRVGGNetCompact checkpoint that stock upscale nodes load
-    (written to ComfyUI's ``upscale_models`` folder, or ``output_dir`` outside ComfyUI)."""
+    """Fold a fixed condition into a plain RRDBNet / SRVGGNetCompact checkpoint (App. B.3: constant condition
+    biases become convolution biases) that stock upscale nodes load. Written to ComfyUI's ``upscale_models``
+    folder, or ``output_dir``; ``max_error`` is max |model(x, c) - plain(x)| on a probe image."""
 
     @classmethod
     def INPUT_TYPES(cls) -> Dict[str, dict]:
@@ -285,29 +287,28 @@ class ExportPlainCheckpoint:
                              'filename': ('STRING', {'default': 'vrpsr_export.pth'})},
                 'optional': {'output_dir': ('STRING', {'default': ''})}}
 
-    RETURN_TYPES = ('STRING',)
-    RETURN_NAMES = ('path',)
+    RETURN_TYPES = ('STRING', 'FLOAT')
+    RETURN_NAMES = ('path', 'max_error')
     FUNCTION = 'export'
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
     def export(self, model: VRPSRModel, condition: VRPSRCondition, filename: str,
-               output_dir: str = '') -> Tuple[str]:
+               output_dir: str = '') -> Tuple[str, float]:
         if not isinstance(model, VRPSRModel):
             raise ValueError(f'model must be a VRPSR_MODEL, got {type(model).__name__}')
-        name = os.path.basename(filename.strip())
-        if not name or name != filename.strip():
-            raise ValueError(f'filename must be a plain file name, got {filename!r}')
-        if not name.endswith(('.pth', '.safetensors')):
-            raise ValueError(f'filename must end with .pth or .safetensors, got {name!r}')
+        name = filename.strip()
+        if not name or os.path.basename(name) != name or not name.endswith('.pth'):
+            raise ValueError(f'filename must be a plain file name ending in .pth, got {filename!r}')
         folder = output_dir.strip() or bridge.upscale_models_dir()
         if not folder:
             raise ValueError('output_dir is required outside ComfyUI (no upscale_models folder)')
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, name)
-        from vrpsr_plugin.export import export_plain_checkpoint  # only this node needs the export module
-        export_plain_checkpoint(model.module, condition.single(), path)
-        return (path,)
+        path = os.path.join(os.path.abspath(os.path.expanduser(folder)), name)
+        fixed = condition.single()
+        plain = export_plain(model.module, fixed, path)
+        probe = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(next(model.module.parameters()).device)
+        return (path, max_fold_error(model.module, plain, fixed, probe))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -14,7 +14,9 @@ import torch
 
 from tests.conftest import REPO
 from vrpsr_plugin.archs.codec_aware_rrdbnet_arch import CodecAwareRRDBNet
+from vrpsr_plugin.archs.diffusion_simulator_arch import DiffusionCodecSimulator
 from vrpsr_plugin.archs.post_process_arch import CodecPostProcessNet
+from vrpsr_plugin.archs.tiny_sd import build_sd_folder
 from vrpsr_plugin.codecs import encode, qp_range
 from vrpsr_plugin.inference import save_model
 
@@ -247,9 +249,9 @@ def trained_like(net: torch.nn.Module, *zero_initialised: torch.nn.Module) -> to
 def tiny_sr() -> CodecAwareRRDBNet:
     """A tiny x4 codec-aware RRDBNet whose trunk passes the picture through (Dirac convolutions: nearest-neighbour
     upsampling, so the codec sees photo content at the output size) plus a small condition-dependent residual from
-    the RRDB body."""
+    the RRDB body. 32 growth channels: ComfyUI's loader (spandrel) assumes Real-ESRGAN's value for exports."""
     torch.manual_seed(0)
-    net = CodecAwareRRDBNet(scale=4, num_feat=8, num_block=1, num_grow_ch=4, head_hidden=8)
+    net = CodecAwareRRDBNet(scale=4, num_feat=8, num_block=1, num_grow_ch=32, head_hidden=8)
     for conv in (net.conv_first, net.conv_up1, net.conv_up2, net.conv_hr, net.conv_last):
         torch.nn.init.dirac_(conv.weight)
         torch.nn.init.zeros_(conv.bias)
@@ -417,3 +419,45 @@ def test_bridge_uses_comfyui_when_present(tmp_path, monkeypatch, photo):
     assert comfy.calls['interrupt_checks'] >= 2
     num_bytes, device = comfy.calls['free_memory'][-1]
     assert device == torch.device('cpu') and num_bytes >= package.comfy_bridge.module_bytes(model.module)
+
+    # Export writes into ComfyUI's upscale_models folder; ComfyUI's stock loader (spandrel) loads the plain net,
+    # which equals the conditioned one at the fixed condition.
+    path, max_error = nodes['VRPSRExportPlainCheckpoint'].export(model, condition_of(package), 'plain_x4.pth')
+    assert Path(path) == tmp_path / 'models' / 'upscale_models' / 'plain_x4.pth' and max_error < 1e-4
+    from spandrel import ModelLoader
+    descriptor = ModelLoader().load_from_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+    assert descriptor.architecture.name == 'ESRGAN' and descriptor.scale == 4
+    x = image[:1].movedim(-1, 1)
+    with torch.no_grad():
+        expected = model.module(x, condition_of(package).tensor(1))
+        assert (descriptor.model(x) - expected).abs().max() < 1e-4
+
+
+def test_export_needs_a_folder_and_one_condition(package, nodes):
+    model = package.values.VRPSRModel(tiny_sr(), 'tiny_sr.pth')
+    with pytest.raises(ValueError, match='output_dir'):
+        nodes['VRPSRExportPlainCheckpoint'].export(model, condition_of(package), 'plain.pth')
+    two = package.values.VRPSRCondition((package.values.CodecCondition('libx264', 0.1),
+                                         package.values.CodecCondition('libx265', 0.1)))
+    with pytest.raises(ValueError, match='one fixed condition'):
+        nodes['VRPSRExportPlainCheckpoint'].export(model, two, 'plain.pth', '/tmp')
+    with pytest.raises(ValueError, match='.pth'):
+        nodes['VRPSRExportPlainCheckpoint'].export(model, condition_of(package), '../plain.pth', '/tmp')
+
+
+def test_codec_simulator_from_save_pretrained_dir(package, nodes, comfy_models, photos, tmp_path):
+    """A DiffusionCodecSimulator (tiny random SD-Turbo-layout base, built offline) saved with save_pretrained into
+    models/vrpsr is listed as a directory, loaded by name and previews the codec at the condition's rate."""
+    base = build_sd_folder(str(tmp_path / 'tiny_sd'))
+    torch.manual_seed(0)
+    simulator = DiffusionCodecSimulator(base, lora_rank=2, lora_rank_vae=2, film_hidden=16)
+    simulator.save_pretrained(str(Path(comfy_models.get_folder_paths('vrpsr')[0]) / 'tiny_simulator'))
+    assert 'tiny_simulator' in nodes['VRPSRLoadModel'].INPUT_TYPES()['required']['model_name'][0]
+    model = nodes['VRPSRLoadModel'].load('tiny_simulator')[0]
+    assert isinstance(model.module, DiffusionCodecSimulator)
+
+    image = to_image([downscale(p, 32) for p in photos[:2]])
+    low = nodes['VRPSRCodecSimulator'].simulate(model, image, condition_of(package, 'libx265', 0.05), 0, 32)[0]
+    high = nodes['VRPSRCodecSimulator'].simulate(model, image, condition_of(package, 'libx265', 1.0), 0, 32)[0]
+    assert low.shape == image.shape and 0 <= low.min() and low.max() <= 1
+    assert (low - high).abs().max() > 1e-4  # the rate reaches the simulator (its Eq. 5 prompt)
