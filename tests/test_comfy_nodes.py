@@ -461,3 +461,15 @@ def test_codec_simulator_from_save_pretrained_dir(package, nodes, comfy_models, 
     high = nodes['VRPSRCodecSimulator'].simulate(model, image, condition_of(package, 'libx265', 1.0), 0, 32)[0]
     assert low.shape == image.shape and 0 <= low.min() and low.max() <= 1
     assert (low - high).abs().max() > 1e-4  # the rate reaches the simulator (its Eq. 5 prompt)
+
+
+def test_released_real_esrgan_weights(package, nodes, photo, shared_weight):
+    """Real-ESRGAN's released compact model (../shared) through Load + Upscale: a plain model ignores the
+    condition and restores a 4x-downscaled real photo close to the original."""
+    model = nodes['VRPSRLoadModel'].load('[use model_path]', str(shared_weight('realesr-animevideov3.pth')))[0]
+    assert not getattr(model.module, 'codec_aware', False)
+    image = to_image([downscale(photo, 32)])
+    out = nodes['VRPSRUpscale'].upscale(model, image, 512, 32)[0]
+    assert torch.equal(out, nodes['VRPSRUpscale'].upscale(model, image, 512, 32, condition_of(package))[0])
+    psnr = 10 * torch.log10(1 / ((out - to_image([photo])) ** 2).mean())
+    assert out.shape == (1, 128, 128, 3) and psnr > 22
