@@ -19,7 +19,7 @@ from vrpsr_plugin.codecs.yuv import bytes_to_planes, planes_to_bytes, rgb_to_yuv
 ROUTES = ('auto', 'pyav', 'ffmpeg')
 
 
-@dataclass
+@dataclass(eq=False)
 class CodecResult:
     """Decoded picture and its rate. ``qp`` is the constant QP (None in CRF mode); ``num_encodes`` counts the
     encodes spent (``find_qp``); ``reachable`` is False when ``find_qp`` clipped an unreachable target."""

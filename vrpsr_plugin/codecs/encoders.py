@@ -13,6 +13,7 @@ rate control with its defaults. Every codec codes one intra picture in yuv420 (1
 | jpeg       | mjpeg          | -q:v Q -qmin 1 (the "QP" is the JPEG qscale, 1..31)                           |
 | libwebp    | libwebp        | -quality Q (0..100; the rate *increases* with Q)                              |
 """
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -39,6 +40,7 @@ class CodecSpec:
     log_rate_slope: float = -0.115  # d ln(bpp) / d QP prior (H.26x: the rate halves every ~6 QP)
     nal: Optional[str] = None
     pyav_decoder: Optional[str] = None
+    has_preset: bool = True
 
     @property
     def pix_fmt(self) -> str:
@@ -49,6 +51,8 @@ class CodecSpec:
 
     def options(self, qp: Optional[int], crf: Optional[float], preset: Optional[str]) -> Options:
         """Encoder options for constant-QP (``qp``) or CRF (``crf``) mode."""
+        if preset is not None and not self.has_preset:
+            raise ValueError(f'{self.name} has no presets (got preset={preset!r})')
         preset = self.default_preset if preset is None else preset
         opts: Options = [('preset', str(preset))] if preset is not None else []
         return opts + _MODE_OPTIONS[self.name](qp, crf)
@@ -101,7 +105,7 @@ CODECS: Dict[str, CodecSpec] = {s.name: s for s in (
               qp_start=32, nal='vvc'),
     CodecSpec('libsvtav1', 'libsvtav1', 'obu', 'obu', (1, 63), (1, 63), '8', qp_start=35, log_rate_slope=-0.07),
     CodecSpec('jpeg', 'mjpeg', 'mjpeg', 'mjpeg', (1, 31), None, None, full_range=True, qp_start=6,
-              log_rate_slope=-0.08),
+              log_rate_slope=-0.08, has_preset=False),
     CodecSpec('libwebp', 'libwebp', 'webp', 'webp_pipe', (0, 100), None, None, rate_decreases=False,
               qp_start=75, log_rate_slope=0.02),
 )}
@@ -120,37 +124,27 @@ def qp_range(codec: str) -> Tuple[int, int]:
     return get_spec(codec).qp_range
 
 
+def _nal_type(bitstream: bytes, header: int, nal: str) -> int:
+    """nal_unit_type of the NAL unit whose header starts at ``header``."""
+    if nal == 'h264':
+        return bitstream[header] & 0x1F
+    if nal == 'hevc':
+        return (bitstream[header] >> 1) & 0x3F
+    return (bitstream[header + 1] >> 3) & 0x1F if header + 1 < len(bitstream) else -1  # vvc: second byte
+
+
+_SEI_TYPES = {'h264': (6,), 'hevc': (39, 40), 'vvc': (23, 24)}
+
+
 def _strip_sei(bitstream: bytes, nal: str) -> bytes:
-    """Drop SEI NAL units (the encoders' version/options text, up to ~2 kB) from an Annex-B stream; parameter
-    sets and slices are kept, so the result is the whole decodable picture."""
-    starts = []
-    i = bitstream.find(b'\x00\x00\x01')
-    while i >= 0:
-        starts.append(i + 3)
-        i = bitstream.find(b'\x00\x00\x01', i + 3)
-    if not starts:
-        return bitstream
-    units = []
-    for k, s in enumerate(starts):
-        end = starts[k + 1] - 3 if k + 1 < len(starts) else len(bitstream)
-        begin = s - 4 if s >= 4 and bitstream[s - 4] == 0 else s - 3
-        if k + 1 < len(starts) and bitstream[end - 1] == 0 and end - 1 >= s:
-            end -= 1  # the next unit's 4-byte start code owns that zero
-        units.append((begin, end, s))
-    keep = []
-    for begin, end, s in units:
-        if s >= len(bitstream):
-            continue
-        header = bitstream[s]
-        if nal == 'h264':
-            sei = header & 0x1F == 6
-        elif nal == 'hevc':
-            sei = (header >> 1) & 0x3F in (39, 40)
-        else:  # vvc: nal_unit_type in the second header byte
-            sei = s + 1 < len(bitstream) and (bitstream[s + 1] >> 3) & 0x1F in (23, 24)
-        if not sei:
-            keep.append(bitstream[begin:end])
-    return b''.join(keep)
+    """Drop the SEI NAL units (the encoders' version/options text, up to ~2 kB) from an Annex-B stream.
+    Parameter sets and slices are kept byte for byte, so the result is the whole decodable picture."""
+    codes = [m.start() for m in re.finditer(b'\x00\x00\x01', bitstream)]  # never inside a NAL (emulation prev.)
+    begins = [c - 1 if c > 0 and bitstream[c - 1] == 0 else c for c in codes]  # include a 4-byte code's zero
+    ends = begins[1:] + [len(bitstream)]
+    kept = [bitstream[b:e] for b, e, c in zip(begins, ends, codes)
+            if c + 3 >= len(bitstream) or _nal_type(bitstream, c + 3, nal) not in _SEI_TYPES[nal]]
+    return bitstream[:begins[0]] + b''.join(kept) if codes else bitstream
 
 
 def strip_sei(bitstream: bytes, spec: CodecSpec) -> bytes:
