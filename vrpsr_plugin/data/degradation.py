@@ -102,12 +102,12 @@ class HighOrderDegradation:
         h, w = gt.shape[-2:]
         if h % self.opt['scale'] or w % self.opt['scale']:
             raise ValueError(f'image size {h}x{w} is not divisible by the scale {self.opt["scale"]}')
-        smallest = min(min(h, w) * self.opt['resize_range'][0],
-                       min(h, w) / self.opt['scale'] * self.opt['resize_range2'][0])
-        if smallest < _PAD_TO + 1:  # the 21 x 21 blur pads by reflection, which needs > 10 pixels
-            raise ValueError(f'a {h}x{w} crop shrinks to {smallest:.0f} px under resize_range '
-                             f'{self.opt["resize_range"]} / resize_range2 {self.opt["resize_range2"]} at scale '
-                             f'{self.opt["scale"]}; use larger crops or raise the lower resize bounds')
+        # the second blur runs after the first resize, the sinc filter at the output size; both pad by reflection
+        smallest = min(h, w) * min(self.opt['resize_range'][0], 1 / self.opt['scale'])
+        if smallest <= _PAD_TO // 2:
+            raise ValueError(f'a {h}x{w} crop shrinks to {smallest:.0f} px (resize_range {self.opt["resize_range"]}, '
+                             f'scale {self.opt["scale"]}) but the 21 x 21 filters need more than 10; use larger '
+                             'crops or raise the lower resize bound')
         kernels = [self.sample_kernels() for _ in range(gt.shape[0])]
         data = {'gt': gt, **{k: torch.stack([kk[k] for kk in kernels]) for k in kernels[0]}}
         carrier = SimpleNamespace(is_train=True, opt={**self.opt, 'gt_size': h}, device=self.device,

@@ -1,0 +1,126 @@
+"""Codec-in-the-loop datasets (Eq. 1, 4, 7), the codec bank and the Real-ESRGAN degradation helper."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vrpsr_plugin import cli
+from vrpsr_plugin.codecs import encode
+from vrpsr_plugin.data.codec_bank import load_bank_index, pack_lmdb, prepare_bank
+from vrpsr_plugin.data.codec_simulator_dataset import CodecSimulatorDataset
+from vrpsr_plugin.data.degradation import HighOrderDegradation
+from vrpsr_plugin.data.demo_images import write_demo_images
+from vrpsr_plugin.data.recompression_sr_dataset import RecompressionSRDataset
+
+SMALL_RESIZE = {'resize_range': [0.5, 1.5], 'resize_range2': [0.5, 1.2]}
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('demo')
+    write_demo_images(folder, size=64, per_photo=1, names=['astronaut', 'coffee'])
+    return folder
+
+
+def _uint8(t: torch.Tensor) -> np.ndarray:
+    return (t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def test_demo_images_are_real_photos(demo):
+    files = sorted(os.listdir(demo))
+    assert files == ['astronaut_00.png', 'coffee_00.png']
+    img = cv2.imread(str(demo / files[0]))
+    assert img.shape == (64, 64, 3) and img.std() > 10
+
+
+def test_simulator_dataset_on_the_fly(demo):
+    ds = CodecSimulatorDataset({'dataroot_gt': str(demo), 'io_backend': {'type': 'disk'},
+                                'codecs': ['libx264', 'libx265'], 'qp_range': [30, 40], 'gt_size': 32, 'seed': 3})
+    sample = ds[1]
+    assert sample['gt'].shape == sample['codec_out'].shape == (3, 32, 32)
+    codec, qp = sample['codec'], sample['qp']
+    assert 30 <= qp <= 40 and codec in ('libx264', 'libx265')
+    real = encode(_uint8(sample['gt']), codec, qp=qp)  # the condition is the measured rate (Eq. 4)
+    onehot = [1.0 if codec == c else 0.0 for c in ('libx264', 'libx265', 'libvvenc')]
+    assert torch.allclose(sample['cond'], torch.tensor(onehot + [real.bpp]))
+    assert np.array_equal(_uint8(sample['codec_out']), real.image)
+    again = ds[1]
+    assert all(torch.equal(sample[k], again[k]) for k in ('gt', 'codec_out', 'cond'))
+    draws = {(ds[i]['codec'], ds[i]['qp'], float(ds[i]['gt'].sum())) for i in range(2)}
+    assert len(draws) == 2
+    with pytest.raises(ValueError, match='condition one-hot'):
+        CodecSimulatorDataset({'dataroot_gt': str(demo), 'io_backend': {'type': 'disk'}, 'codecs': ['mjpeg'],
+                               'qps': [3]})
+
+
+def test_codec_bank_resume_atomic_and_dataset(demo, tmp_path):
+    bank = str(tmp_path / 'bank')
+    index = prepare_bank(str(demo), bank, ['libx264'], [27, 37], crop=32, workers=2, progress=False)
+    assert len(index['items']) == 8  # 2 images x 4 tiles of 32 px
+    rec = os.path.join(bank, 'libx264', 'qp37', 'astronaut_00_s001.json')
+    png = rec[:-5] + '.png'
+    kept = os.path.join(bank, 'libx264', 'qp27', 'coffee_00_s002.png')
+    kept_mtime = os.stat(kept).st_mtime_ns
+    os.remove(rec)  # an interrupted encode: its record is missing
+    os.remove(png)
+    index2 = prepare_bank(str(demo), bank, ['libx264'], [27, 37], crop=32, workers=1, progress=False)
+    assert os.stat(kept).st_mtime_ns == kept_mtime  # finished work is not redone
+    assert os.path.isfile(rec) and index2 == load_bank_index(bank)
+    assert not [f for _, _, fs in os.walk(bank) for f in fs if f.startswith('.tmp_')]
+    with open(rec) as handle:
+        record = json.load(handle)
+    gt = cv2.cvtColor(cv2.imread(os.path.join(bank, 'gt', 'astronaut_00_s001.png')), cv2.COLOR_BGR2RGB)
+    assert record['bpp'] == pytest.approx(encode(gt, 'libx264', qp=37).bpp)
+
+    opt = {'dataroot_gt': str(demo), 'dataroot_bank': bank, 'io_backend': {'type': 'disk'},
+           'codecs': ['libx264'], 'gt_size': 16, 'seed': 0}
+    ds = CodecSimulatorDataset(opt)
+    sample = ds[5]
+    item = index2['items'][ds.keys[5]]
+    assert float(sample['cond'][-1]) == pytest.approx(item['codes']['libx264'][str(sample['qp'])]['bpp'])
+    assert sample['gt'].shape == sample['codec_out'].shape == (3, 16, 16)
+    lmdb_ds = CodecSimulatorDataset({**opt, 'dataroot_bank': pack_lmdb(bank), 'io_backend': {'type': 'lmdb'}})
+    lmdb_sample = lmdb_ds[5]
+    assert all(torch.equal(sample[k], lmdb_sample[k]) for k in ('gt', 'codec_out', 'cond'))
+    with pytest.raises(ValueError, match='lacks libx265'):
+        CodecSimulatorDataset({**opt, 'codecs': ['libx265']})
+
+
+def test_prepare_bank_command(demo, tmp_path, capsys):
+    assert cli.main(['prepare-bank', str(demo), str(tmp_path / 'b'), '--codecs', 'libx265', '--qps', '32',
+                     '--workers', '1', '--no-progress']) == 0
+    assert '2 images x 1 codecs x 1 QPs, 2 encodes' in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError):
+        prepare_bank(str(tmp_path / 'missing'), str(tmp_path / 'c'), ['libx264'], [30])
+
+
+@pytest.mark.parametrize('scale', [1, 2])
+def test_recompression_dataset_conditions(demo, scale):
+    ds = RecompressionSRDataset({'dataroot_gt': str(demo), 'io_backend': {'type': 'disk'}, 'codecs': ['libx264'],
+                                 'qp_range': [34, 38], 'gt_size': 64, 'scale': scale, 'seed': 1,
+                                 'degradation': SMALL_RESIZE})
+    s = ds[0]
+    assert s['lq'].shape == (3, 64 // scale, 64 // scale) and s['gt'].shape == (3, 64, 64)
+    assert s['qp_target'] == s['qp'] - 10
+    source = encode(_uint8(s['lq']), 'libx264', qp=s['qp'])  # Eq. 1 on X~
+    target = encode(_uint8(s['gt']), 'libx264', qp=s['qp_target'])  # c' on X (Eq. 7)
+    assert float(s['cond'][-1]) == pytest.approx(source.bpp / scale ** 2)  # same bit budget on X'
+    assert float(s['cond_target'][-1]) == pytest.approx(target.bpp)
+    assert np.array_equal(_uint8(s['lq_codec']), source.image) and np.array_equal(_uint8(s['gt_codec']), target.image)
+    assert float(s['cond_target'][-1]) > float(s['cond'][-1])
+    again = ds[0]
+    assert torch.equal(s['lq'], again['lq']) and torch.equal(s['cond'], again['cond'])
+    assert not torch.equal(ds[1]['lq'][:, :8, :8], s['lq'][:, :8, :8])
+
+
+def test_degradation_checks():
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match='resize_range'):
+        HighOrderDegradation({}, scale=1)(x)
+    with pytest.raises(ValueError, match='unknown degradation options'):
+        HighOrderDegradation({'blur_sigmaa': [1, 2]})
+    out = HighOrderDegradation(SMALL_RESIZE, scale=4)(torch.rand(1, 3, 48, 48))
+    assert out.shape == (1, 3, 12, 12) and torch.equal(out, (out * 255).round() / 255)
