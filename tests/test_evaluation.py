@@ -211,3 +211,38 @@ def test_bad_input_is_rejected(tmp_path, data_dir):
     cfg = EvalConfig(data=data_dir, out=tmp_path / 'o', models={'a': 'a', 'b': 'b'}, codecs=['libx264'], size=SIZE)
     with pytest.raises(ValueError, match='share the scale'):
         Protocol(cfg, {'a': tiny2, 'b': tiny4}, suite)
+
+
+class RecordingSimulator(torch.nn.Module):
+    """A codec-aware stand-in simulator that returns its input and records the conditions it receives."""
+    codec_aware = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.conds = []
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.conds.append(cond.clone())
+        return x + 0 * self.anchor
+
+
+def test_simulator_against_real_codec(tmp_path, data_dir, random_lpips_suite):
+    from basicsr.metrics import calculate_psnr
+
+    from vrpsr_plugin.evaluation.simulator_eval import evaluate_simulator
+
+    cfg = EvalConfig(data=data_dir, out=tmp_path / 'out', models={'bicubic': IDENTITY}, codecs=['libx264'],
+                     qps=[30, 40], size=SIZE, scale=1)
+    protocol = Protocol(cfg, {'bicubic': None}, random_lpips_suite())
+    simulator = RecordingSimulator()
+    table = evaluate_simulator(protocol, simulator, ['libx264'], [30, 40])
+    assert [p['qp'] for p in table['libx264']] == [30, 40]
+    hr = protocol.hr(protocol.images[0])
+    real = codec_api.encode(hr, 'libx264', qp=30)
+    # the condition is (codec one-hot, the real codec's bpp); an identity "simulator" scores the codec's own PSNR
+    assert torch.allclose(simulator.conds[0], torch.tensor([[1.0, 0.0, 0.0, real.bpp]]))
+    psnrs = [calculate_psnr(codec_api.encode(protocol.hr(p), 'libx264', qp=30).image, protocol.hr(p), 0)
+             for p in protocol.images]
+    assert table['libx264'][0]['metrics']['psnr']['mean'] == pytest.approx(np.mean(psnrs), rel=1e-6)
+    assert table['libx264'][1]['bpp']['mean'] < table['libx264'][0]['bpp']['mean']

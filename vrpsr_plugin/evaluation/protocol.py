@@ -153,6 +153,7 @@ class Protocol:
             codec_api.qp_range(codec)  # raises for an unknown codec
         suite.check_size(cfg.size)
         self.images = list_images(cfg.data)
+        self._images: Dict[tuple, np.ndarray] = {}  # X and X~ read back from the cache, per image
         self._check_cache_identity()
 
     @classmethod
@@ -182,17 +183,22 @@ class Protocol:
     # ---------------------------------------------------------------- per-image stages
     def hr(self, path: Path) -> np.ndarray:
         """X: the resized, center-cropped clean image (cached)."""
-        file = self.root / 'hr' / f'{path.stem}.png'
-        if not file.is_file():
-            cache.write_png(file, prepare_hr(cache.read_image(path), self.cfg.size))
-        return cache.read_image(file)
+        if ('hr', path) not in self._images:
+            file = self.root / 'hr' / f'{path.stem}.png'
+            if not file.is_file():
+                cache.write_png(file, prepare_hr(cache.read_image(path), self.cfg.size))
+            self._images['hr', path] = cache.read_image(file)
+        return self._images['hr', path]
 
     def lr(self, path: Path) -> np.ndarray:
         """X~: the deterministic degradation of X, seeded by the file name (cached)."""
-        file = self.root / 'lr' / f'{path.stem}.png'
-        if not file.is_file():
-            cache.write_png(file, degrade(self.hr(path), self.scale, seed_from_name(path.name), self.cfg.degradation))
-        return cache.read_image(file)
+        if ('lr', path) not in self._images:
+            file = self.root / 'lr' / f'{path.stem}.png'
+            if not file.is_file():
+                cache.write_png(file, degrade(self.hr(path), self.scale, seed_from_name(path.name),
+                                              self.cfg.degradation))
+            self._images['lr', path] = cache.read_image(file)
+        return self._images['lr', path]
 
     def source(self, path: Path, codec: str, point: Point) -> dict:
         """Eq. 1: the real codec on X~ at the source QP/CRF; its bits are the rate R_bar to keep (cached)."""

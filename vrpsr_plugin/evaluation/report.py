@@ -123,7 +123,7 @@ def _significance(results: dict) -> List[str]:
         if name == baseline:
             continue
         lines += [f'## Per-image statistics and paired t-tests: {name} vs {baseline} (Table S2)', '',
-                  '| Codec | Point | bpp | Metric | ' + f'{baseline} | {name} | p-value |', '|---|---|---|---|---|---|---|']
+                  f'| Codec | Point | bpp | Metric | {baseline} | {name} | p-value |', '|---|---|---|---|---|---|---|']
         for codec, modes in curves.items():
             for mode, curve in modes.items():
                 for point in curve['points']:

@@ -36,7 +36,7 @@ def summarize(rows: Sequence[dict], methods: Sequence[str], baseline: str, suite
     for row in rows:
         groups.setdefault((row['codec'], row['mode'], row['point']), {}).setdefault(row['method'], {})[
             row['image']] = row
-    for (codec, mode, point), by_method in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    for (codec, mode, point), by_method in sorted(groups.items(), key=lambda kv: kv[0]):
         images = sorted(by_method[baseline])
         for name in methods:
             if sorted(by_method.get(name, {})) != images:
@@ -44,12 +44,12 @@ def summarize(rows: Sequence[dict], methods: Sequence[str], baseline: str, suite
         entry = {'point': point, 'source_bpp': mean_std([by_method[baseline][i]['source_bpp'] for i in images]),
                  'methods': {}, 'ttest': {}}
         for name in methods:
-            cells = [by_method[name][i] for i in images]
-            cell = {'bpp': mean_std([c['bpp'] for c in cells]), 'clipped': sum(c['clipped'] for c in cells),
-                     'metrics': {}, 'fid': {}}
+            items = [by_method[name][i] for i in images]
+            cell = {'bpp': mean_std([c['bpp'] for c in items]), 'clipped': sum(c['clipped'] for c in items),
+                    'metrics': {}, 'fid': {}}
             for variant in variants:
                 key = VARIANTS[variant]
-                cell['metrics'][variant] = {m: mean_std([c[key][m] for c in cells]) for m in per_image}
+                cell['metrics'][variant] = {m: mean_std([c[key][m] for c in items]) for m in per_image}
                 if features is not None and reference is not None:
                     cell['fid'][variant] = fid(np.concatenate(features(name, codec, mode, point,
                                                                         variant == 'color_fix')), reference)
@@ -57,7 +57,7 @@ def summarize(rows: Sequence[dict], methods: Sequence[str], baseline: str, suite
             if name != baseline:
                 base = [by_method[baseline][i] for i in images]
                 entry['ttest'][name] = {
-                    variant: {m: paired_ttest([c[VARIANTS[variant]][m] for c in cells],
+                    variant: {m: paired_ttest([c[VARIANTS[variant]][m] for c in items],
                                               [b[VARIANTS[variant]][m] for b in base]) for m in per_image}
                     for variant in variants}
         curves.setdefault(codec, {}).setdefault(mode, {'points': [], 'bd_rate': {}})['points'].append(entry)

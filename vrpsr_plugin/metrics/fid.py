@@ -12,7 +12,7 @@ import torch
 
 
 def patches(image: torch.Tensor, patch: int) -> torch.Tensor:
-    """All ``patch`` crops of a 3xHxW image on the grid with stride ``patch`` and on the grid shifted by ``patch//2``."""
+    """All ``patch`` crops of a 3xHxW image on the stride-``patch`` grid and on that grid shifted by ``patch//2``."""
     if image.dim() != 3:
         raise ValueError(f'expected a 3xHxW image, got shape {tuple(image.shape)}')
     height, width = image.shape[-2:]

@@ -95,7 +95,7 @@ def load_inception(weights: Optional[str] = None, device: str = 'cpu') -> torch.
 
 def basicsr_pair(img: np.ndarray, img2: np.ndarray, crop_border: int, input_order: str = 'HWC',
                  bgr: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """BasicSR's metric inputs (HxWxC uint8/[0,255] arrays, BGR as ``tensor2img`` writes them) -> 1x3xHxW RGB in [0,1]."""
+    """BasicSR's metric inputs (HxWxC [0,255] arrays, BGR as ``tensor2img`` writes them) -> 1x3xHxW RGB in [0,1]."""
     if img.shape != img2.shape:
         raise ValueError(f'image shapes differ: {img.shape} vs {img2.shape}')
     pair = []
