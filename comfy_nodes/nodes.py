@@ -12,7 +12,7 @@ import torch
 
 from vrpsr_plugin.codecs import CONDITION_CODECS, CodecCondition, available_codecs, encode, find_qp, qp_range
 from vrpsr_plugin.export import export_plain, max_fold_error
-from vrpsr_plugin.inference import load_model, restore
+from vrpsr_plugin.inference import load_model, restore, tile_geometry, tile_starts
 
 from . import comfy_bridge as bridge
 from .values import VRPSRCondition, VRPSRModel, check_image, to_bchw, to_bhwc
@@ -54,10 +54,20 @@ def _memory_estimate(module: torch.nn.Module, image: torch.Tensor, tile_size: in
     return bridge.module_bytes(module) + tile_pixels * 3 * 4 * 384 + image.numel() * image.element_size()
 
 
+def _tiles_per_image(height: int, width: int, tile_size: int, tile_overlap: int) -> int:
+    """How many model calls ``restore`` makes for one image (its own tile geometry)."""
+    if not tile_size:
+        return 1
+    size, overlap = tile_geometry(tile_size, tile_overlap)
+    if size >= height and size >= width:
+        return 1
+    return len(tile_starts(height, size, overlap)) * len(tile_starts(width, size, overlap))
+
+
 def _run_conditioned(model: VRPSRModel, image: torch.Tensor, condition: Optional[VRPSRCondition], tile_size: int,
                      tile_overlap: int, same_size: bool) -> torch.Tensor:
     """Run ``model(x, c)`` image by image on the ComfyUI device (tiled, tile halved on OOM inside ``restore``),
-    with a progress bar, and return ``[B, H', W', 3]`` on the output device."""
+    with a progress bar advancing per tile, and return ``[B, H', W', 3]`` on the output device."""
     if not isinstance(model, VRPSRModel):
         raise ValueError(f'model must be a VRPSR_MODEL from "Load VRPSR Model", got {type(model).__name__}')
     image = check_image(image)
@@ -73,7 +83,16 @@ def _run_conditioned(model: VRPSRModel, image: torch.Tensor, condition: Optional
     device = bridge.torch_device()
     bridge.free_memory(_memory_estimate(module, image, tile_size), device)
     module.to(device)
-    progress = bridge.progress_bar(batch)
+    per_image = _tiles_per_image(image.shape[1], image.shape[2], tile_size, tile_overlap)
+    total = batch * per_image
+    progress = bridge.progress_bar(total)
+    done = [0]
+
+    def tile_done(*_) -> None:  # forward hook: one call per tile (more after an out-of-memory retry: capped)
+        done[0] = min(done[0] + 1, total)
+        progress.update_absolute(done[0], total)
+
+    hook = module.register_forward_hook(tile_done)
     outputs = []
     try:
         for i in range(batch):
@@ -86,8 +105,10 @@ def _run_conditioned(model: VRPSRModel, image: torch.Tensor, condition: Optional
                                  f'{tuple(y.shape[-2:])}; this node needs a same-size model (simulator or '
                                  f'post-processing net)')
             outputs.append(to_bhwc(y.float()).to(bridge.output_device()))
-            progress.update(1)
+            done[0] = (i + 1) * per_image
+            progress.update_absolute(done[0], total)
     finally:
+        hook.remove()
         module.to(bridge.offload_device())
         bridge.soft_empty_cache()
     return torch.cat(outputs)

@@ -84,12 +84,16 @@ class FakeComfy:
 
         class ProgressBar:
             def __init__(self, total):
-                self.total, self.current, self.updates = total, 0, 0
+                self.total, self.current, self.values = total, 0, []
                 bars.append(self)
 
             def update(self, value):
-                self.current += value
-                self.updates += 1
+                self.update_absolute(self.current + value)
+
+            def update_absolute(self, value, total=None, preview=None):
+                self.total = self.total if total is None else total
+                self.current = value
+                self.values.append(value)
 
         utils.ProgressBar = ProgressBar
         comfy = types.ModuleType('comfy')
@@ -410,11 +414,12 @@ def test_bridge_uses_comfyui_when_present(tmp_path, monkeypatch, photo):
     assert 'sr.pth' in nodes['VRPSRLoadModel'].INPUT_TYPES()['required']['model_name'][0]
     model = nodes['VRPSRLoadModel'].load('sr.pth')[0]
 
-    image = to_image([downscale(photo, 32)] * 2)
-    out = nodes['VRPSRUpscale'].upscale(model, image, 0, 32, condition_of(package))[0]
-    assert out.shape == (2, 128, 128, 3)
-    bar = comfy.bars[-1]
-    assert (bar.total, bar.current, bar.updates) == (2, 2, 2)
+    image = to_image([downscale(photo, 48)] * 2)
+    out = nodes['VRPSRUpscale'].upscale(model, image, 32, 8, condition_of(package))[0]
+    assert out.shape == (2, 192, 192, 3)
+    bar = comfy.bars[-1]  # 2 images x 2 x 2 tiles of 32 px with 8 px overlap, one step per tile
+    assert (bar.total, bar.current) == (8, 8) and sorted(set(bar.values)) == list(range(1, 9))
+    assert bar.values == sorted(bar.values)
     assert comfy.calls['get_torch_device'] >= 1 and comfy.calls['unet_offload_device'] >= 1
     assert comfy.calls['interrupt_checks'] >= 2
     num_bytes, device = comfy.calls['free_memory'][-1]
@@ -427,7 +432,7 @@ def test_bridge_uses_comfyui_when_present(tmp_path, monkeypatch, photo):
     from spandrel import ModelLoader
     descriptor = ModelLoader().load_from_state_dict(torch.load(path, map_location='cpu', weights_only=True))
     assert descriptor.architecture.name == 'ESRGAN' and descriptor.scale == 4
-    x = image[:1].movedim(-1, 1)
+    x = image[:1, :32, :32].movedim(-1, 1)
     with torch.no_grad():
         expected = model.module(x, condition_of(package).tensor(1))
         assert (descriptor.model(x) - expected).abs().max() < 1e-4
