@@ -1,0 +1,181 @@
+"""The two-stage training (§3.3) through BasicSR's train pipeline on small real photos (CPU).
+
+Each smoke option runs in a subprocess exactly as ``vrpsr_plugin/train.py`` does (``basicsr_fixes.apply()`` then
+``basicsr.train.train_pipeline(root)``) but with ``root`` = a temporary folder, so experiments, logs and
+tensorboard files stay out of the repository.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+import yaml
+from basicsr.data import build_dataset
+from basicsr.models import build_model
+from basicsr.utils.options import ordered_yaml
+
+from tests.conftest import REPO
+from vrpsr_plugin.data.demo_images import write_demo_images
+from vrpsr_plugin.models.vrpsr_model import real_codec
+
+SMOKE = REPO / 'options' / 'smoke'
+_RUN = ('import sys; sys.argv = ["train"] + sys.argv[1:]; import vrpsr_plugin; '
+        'from vrpsr_plugin import basicsr_fixes; from basicsr.train import train_pipeline; '
+        'basicsr_fixes.apply(); train_pipeline(".")')
+
+
+def train(root: Path, option: str, *force: str, auto_resume: bool = False) -> str:
+    """Run one smoke option through BasicSR's train pipeline in ``root``; return its log."""
+    args = [sys.executable, '-c', _RUN, '-opt', str(SMOKE / option)]
+    if force:
+        args += ['--force_yml', *force]
+    if auto_resume:
+        args.append('--auto_resume')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return log
+
+
+def losses(log: str, name: str = 'l_total') -> List[float]:
+    return [float(v) for v in re.findall(rf'{name}: ([-+0-9.e]+)', log)]
+
+
+def short(iters: int, name: str) -> List[str]:
+    return [f'name={name}', f'train:total_iter={iters}', f'train:scheduler:total_steps={iters}',
+            'logger:save_checkpoint_freq=2', 'logger:print_freq=1', f'val:val_freq={iters}',
+            'datasets:train:batch_size_per_gpu=1', 'datasets:train:dataroot_gt=datasets/demo/one']
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory) -> Path:
+    """Demo photos + a 4-iteration stage-1 simulator (the checkpoint stage 2 starts from)."""
+    root = tmp_path_factory.mktemp('train')
+    write_demo_images(root / 'datasets/demo/train', size=96, per_photo=1, names=['astronaut', 'coffee'])
+    write_demo_images(root / 'datasets/demo/val', size=64, per_photo=1, names=['chelsea'])
+    write_demo_images(root / 'datasets/demo/one', size=96, per_photo=1, names=['rocket'])
+    root.joinpath('sim.log').write_text(train(root, 'train_simulator.yml', *short(4, 'smoke_train_simulator')))
+    return root
+
+
+def load_opt(option: str, **train_updates) -> Dict:
+    with open(SMOKE / option) as handle:
+        opt = yaml.load(handle, Loader=ordered_yaml()[0])
+    opt.update(is_train=True, dist=False, num_gpu=0, rank=0, world_size=1, auto_resume=False)
+    opt['train'].update(train_updates)
+    opt.pop('network_d', None)
+    opt['train'].pop('optim_d', None)
+    opt['train']['perceptual_opt']['gan_weight'] = 0  # no discriminator: a fixed batch must see its loss fall
+    return opt
+
+
+def test_simulator_stage(workdir):
+    log = (workdir / 'sim.log').read_text()
+    values = losses(log)
+    assert len(values) == 4 and all(map(lambda v: v == v and abs(v) < 1e3, values))
+    assert re.search(r'Validation demo_val @ iter \d+: .*psnr_libx264: [0-9.]+', log)
+    models = workdir / 'experiments/smoke_train_simulator/models'
+    assert {'net_g_4.pth', 'net_d_4.pth', 'net_g_latest.pth'} <= set(os.listdir(models))
+    assert any((workdir / 'tb_logger/smoke_train_simulator').iterdir())  # tensorboard events
+
+
+def test_stage2_frozen_simulator_and_identical_resume(workdir):
+    straight = train(workdir, 'vrpsr.yml', *short(4, 'vrpsr_a'))
+    train(workdir, 'vrpsr.yml', *short(4, 'vrpsr_b'), 'train:total_iter=2')
+    resumed = train(workdir, 'vrpsr.yml', *short(4, 'vrpsr_b'), auto_resume=True)
+    assert 'Resuming training from epoch' in resumed and 'iter: 2' in resumed
+    assert all(map(lambda v: v == v, losses(straight)))
+    assert re.search(r'Validation demo_val @ iter \d+: bpp: [0-9.]+, lpips: [0-9.]+, psnr: [0-9.]+', straight)
+    a = torch.load(workdir / 'experiments/vrpsr_a/models/net_g_4.pth', map_location='cpu')
+    b = torch.load(workdir / 'experiments/vrpsr_b/models/net_g_4.pth', map_location='cpu')
+    for key in ('params', 'params_ema'):
+        for name, tensor in a[key].items():
+            assert torch.allclose(tensor, b[key][name], atol=1e-6, rtol=0), (key, name)
+    start = torch.load(workdir / 'experiments/smoke_train_simulator/models/net_g_latest.pth',
+                       map_location='cpu')['params_ema']
+    sim = torch.load(workdir / 'experiments/vrpsr_a/models/net_sim_4.pth', map_location='cpu')['params']
+    assert start.keys() == sim.keys() and all(torch.equal(start[k], sim[k]) for k in start)
+    g0 = a['params']['body.0.weight']
+    assert not torch.equal(g0, torch.load(workdir / 'experiments/vrpsr_a/models/net_g_2.pth')['params']['body.0.weight'])
+
+
+@pytest.mark.parametrize('option', ['baseline.yml', 'vrpsr_post_joint.yml'])
+def test_other_smoke_options(workdir, option):
+    name = option[:-4]
+    log = train(workdir, option, *short(2, name))
+    assert len(losses(log)) == 2 and all(map(lambda v: v == v, losses(log)))
+    models = set(os.listdir(workdir / f'experiments/{name}/models'))
+    assert 'net_g_2.pth' in models
+    assert ('net_sim_2.pth' in models) == (option != 'baseline.yml')  # the baseline has no codec in the loop
+    if option == 'vrpsr_post_joint.yml':
+        assert 'net_sr_2.pth' in models
+
+
+def _batch(opt):
+    dataset_opt = dict(opt['datasets']['train'], dataroot_gt='datasets/demo/one', phase='train')
+    sample = build_dataset(dataset_opt)[0]
+    return {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in sample.items()}
+
+
+def test_losses_decrease_on_a_fixed_batch(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    for option in ('train_simulator.yml', 'vrpsr.yml'):
+        opt = load_opt(option, total_iter=12, scheduler={'type': 'constant', 'total_steps': 12})
+        if option == 'train_simulator.yml':
+            opt['datasets']['train']['dataroot_gt'] = 'datasets/demo/one'
+        opt['path']['pretrain_network_sim'] = 'experiments/smoke_train_simulator/models/net_g_latest.pth'
+        model = build_model(opt)
+        batch = _batch(opt)
+        values = []
+        for it in range(1, 13):
+            model.feed_data(batch)
+            model.optimize_parameters(it)
+            values.append(float(model.log_dict['l_total']))
+        assert all(map(lambda v: v == v, values))
+        assert values[-1] < 0.9 * values[0], (option, values)
+
+
+def test_ste_forward_is_the_real_codec_and_gradient_the_simulator(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    for rate in ('qp', 'find_qp'):
+        opt = load_opt('vrpsr.yml', ste=True, ste_rate=rate)
+        opt['path']['pretrain_network_sim'] = 'experiments/smoke_train_simulator/models/net_g_latest.pth'
+        model = build_model(opt)
+        model.feed_data(_batch(opt))
+        x_prime = model.sr_forward(model.net_g)
+        out = model.through_codec(x_prime)
+        if rate == 'qp':
+            real, _ = real_codec(x_prime, model.codecs, qps=model.qps)
+        else:
+            real, _ = real_codec(x_prime, model.codecs, bpps=model.cond[:, -1])
+        assert torch.allclose(out, real, atol=1e-6)  # Eq. 8: forward value = real codec output
+        sim = model.net_sim(x_prime, model.cond)
+        assert not torch.allclose(sim, real, atol=1e-3)
+        out.mean().backward()
+        grad = model.net_g.body[0].weight.grad
+        assert grad is not None and grad.abs().sum() > 0  # gradient through the simulator
+        assert all(p.grad is None for p in model.net_sim.parameters())
+
+
+def test_gradient_accumulation_steps_every_n(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    opt = load_opt('vrpsr.yml', accumulate_grad_batches=2, scheduler={'type': 'constant', 'total_steps': 4})
+    opt['logger']['save_checkpoint_freq'] = 4
+    opt['path']['pretrain_network_sim'] = 'experiments/smoke_train_simulator/models/net_g_latest.pth'
+    model = build_model(opt)
+    batch = _batch(opt)
+    before = model.net_g.body[0].weight.detach().clone()
+    model.feed_data(batch)
+    model.optimize_parameters(1)
+    assert torch.equal(before, model.net_g.body[0].weight) and model.net_g.body[0].weight.grad is not None
+    model.feed_data(batch)
+    model.optimize_parameters(2)
+    assert not torch.equal(before, model.net_g.body[0].weight) and model.net_g.body[0].weight.grad is None
+    opt['logger']['save_checkpoint_freq'] = 3
+    with pytest.raises(ValueError, match='multiple of'):
+        build_model(opt)
