@@ -16,6 +16,7 @@ from tests.conftest import REPO
 from vrpsr_plugin.archs.codec_aware_rrdbnet_arch import CodecAwareRRDBNet
 from vrpsr_plugin.archs.diffusion_simulator_arch import DiffusionCodecSimulator
 from vrpsr_plugin.archs.post_process_arch import CodecPostProcessNet
+from vrpsr_plugin.archs.s3diff_arch import CodecAwareS3Diff
 from vrpsr_plugin.archs.tiny_sd import build_sd_folder
 from vrpsr_plugin.codecs import encode, qp_range
 from vrpsr_plugin.inference import save_model
@@ -450,16 +451,24 @@ def test_export_needs_a_folder_and_one_condition(package, nodes):
         nodes['VRPSRExportPlainCheckpoint'].export(model, condition_of(package), '../plain.pth', '/tmp')
 
 
-def test_codec_simulator_from_save_pretrained_dir(package, nodes, comfy_models, photos, tmp_path):
-    """A DiffusionCodecSimulator (tiny random SD-Turbo-layout base, built offline) saved with save_pretrained into
-    models/vrpsr is listed as a directory, loaded by name and previews the codec at the condition's rate."""
+def test_diffusion_models_from_save_pretrained_dirs(package, nodes, comfy_models, photos, tmp_path):
+    """A DiffusionCodecSimulator and a CodecAwareS3Diff (tiny random SD-Turbo-layout base, built offline) saved with
+    save_pretrained into models/vrpsr are listed as directories and loaded by name; the simulator previews the
+    codec at the condition's rate, S3Diff upscales x4."""
     base = build_sd_folder(str(tmp_path / 'tiny_sd'))
+    folder = Path(comfy_models.get_folder_paths('vrpsr')[0])
     torch.manual_seed(0)
-    simulator = DiffusionCodecSimulator(base, lora_rank=2, lora_rank_vae=2, film_hidden=16)
-    simulator.save_pretrained(str(Path(comfy_models.get_folder_paths('vrpsr')[0]) / 'tiny_simulator'))
-    assert 'tiny_simulator' in nodes['VRPSRLoadModel'].INPUT_TYPES()['required']['model_name'][0]
+    DiffusionCodecSimulator(base, lora_rank=2, lora_rank_vae=2, film_hidden=16).save_pretrained(
+        str(folder / 'tiny_simulator'))
+    CodecAwareS3Diff(base, scale=4, lora_rank=2, lora_rank_vae=2, film_hidden=16).save_pretrained(
+        str(folder / 'tiny_s3diff'))
+    assert {'tiny_simulator', 'tiny_s3diff'} <= set(nodes['VRPSRLoadModel'].INPUT_TYPES()['required']['model_name'][0])
     model = nodes['VRPSRLoadModel'].load('tiny_simulator')[0]
-    assert isinstance(model.module, DiffusionCodecSimulator)
+    s3diff = nodes['VRPSRLoadModel'].load('tiny_s3diff')[0]
+    assert isinstance(model.module, DiffusionCodecSimulator) and isinstance(s3diff.module, CodecAwareS3Diff)
+    small = to_image([downscale(photos[0], 16)])
+    upscaled = nodes['VRPSRUpscale'].upscale(s3diff, small, 512, 32, condition_of(package))[0]
+    assert upscaled.shape == (1, 64, 64, 3) and 0 <= upscaled.min() and upscaled.max() <= 1
 
     image = to_image([downscale(p, 32) for p in photos[:2]])
     low = nodes['VRPSRCodecSimulator'].simulate(model, image, condition_of(package, 'libx265', 0.05), 0, 32)[0]
