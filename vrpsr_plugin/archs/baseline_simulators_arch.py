@@ -123,17 +123,20 @@ class HyperpriorSimulator(nn.Module):
             return v + torch.empty_like(v).uniform_(-0.5, 0.5)
         return v + (torch.round(v) - v).detach()
 
+    def quantised_latent(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """y_hat = Q(g_a(x) / step) * step with log(step) = head(cond) + h_s(Q(h_a(y))); x padded to 32 px."""
+        y = self.g_a(x * 2 - 1)
+        z = self._quantise(self.h_a(y))
+        step = (self.step_head(hidden)[:, :, None, None] + self.h_s(z)).exp()
+        return self._quantise(y / step) * step
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         check_image_and_condition(x, cond, len(self.codecs) + 1)
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % 32, -width % 32
-        z_in = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate') if pad_h or pad_w else x
+        padded = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate') if pad_h or pad_w else x
         hidden = self.trunk(self.embedding(cond.float()))
-        y = self.g_a(z_in * 2 - 1)
-        z = self._quantise(self.h_a(y))
-        log_step = self.step_head(hidden)[:, :, None, None] + self.h_s(z)
-        step = log_step.exp()
-        h = self._quantise(y / step) * step
+        h = self.quantised_latent(padded, hidden)
         for i, layer in enumerate(self.g_s):
             h = layer(h)
             if i < len(self.bias_heads):
