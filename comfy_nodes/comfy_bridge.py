@@ -9,7 +9,7 @@ model to it, the model back on the offload device afterwards, ``comfy.utils.Prog
 import importlib
 import os
 from types import ModuleType
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -139,25 +139,32 @@ def model_folders() -> List[str]:
     return list(fp.get_folder_paths(MODEL_FOLDER))
 
 
-def list_models() -> List[str]:
-    """Model files (by extension) and save_pretrained directories directly inside the ``vrpsr`` folders."""
-    names = set()
+def _entries() -> List[Tuple[str, str]]:
+    """(name, full path) of model files (by extension) and save_pretrained directories directly inside the
+    ``vrpsr`` folders, earlier folders first; hidden entries are skipped."""
+    found = []
     for folder in model_folders():
         if not os.path.isdir(folder):
             continue
-        for entry in os.scandir(folder):
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.name.startswith('.'):
+                continue
             if entry.is_dir() or os.path.splitext(entry.name)[1].lower() in MODEL_EXTENSIONS:
-                names.add(entry.name)
-    return sorted(names)
+                found.append((entry.name, entry.path))
+    return found
+
+
+def list_models() -> List[str]:
+    """Names the loader offers: model files and save_pretrained directories in the ``vrpsr`` folders."""
+    return sorted({name for name, _ in _entries()})
 
 
 def resolve_model(name: str) -> str:
-    """Full path of ``name`` inside the ``vrpsr`` folders; FileNotFoundError naming the folders searched."""
-    folders = model_folders()
-    for folder in folders:
-        path = os.path.join(folder, name)
-        if os.path.exists(path):
+    """Full path of the listed model ``name``; FileNotFoundError naming the folders searched."""
+    for listed, path in _entries():
+        if listed == name:
             return path
+    folders = model_folders()
     where = ', '.join(folders) if folders else 'no vrpsr model folder (ComfyUI is not loaded)'
     raise FileNotFoundError(f'VRPSR model {name!r} not found in {where}')
 
