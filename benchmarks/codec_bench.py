@@ -1,0 +1,129 @@
+"""Codec layer benchmark: speed per route, rate/quality per QP, and find_qp against plain bisection (Eq. 2).
+
+    python benchmarks/codec_bench.py [--runs 5] [--images 4] [--size 256]
+
+For each codec and route: median ms of one 512x512 encode+decode (of ``--runs``), and bpp / PSNR at four QPs
+(H.26x and SVT-AV1: QP 22/27/32/37 on their own scales; JPEG: qscale 2/4/8/16; WebP: quality 90/75/50/25).
+Then, over several real photos and a set of target rates: mean encodes per image and mean |bpp error| of
+``find_qp`` and of a plain integer bisection over the same QP range, measured in the same run.
+"""
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from skimage import data as skdata
+
+from vrpsr_plugin.codecs import CODECS, available_codecs, encode, find_qp
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+QPS = {'jpeg': (2, 4, 8, 16), 'libwebp': (90, 75, 50, 25)}
+TARGETS = (0.1, 0.2, 0.4, 0.8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return 10 * math.log10(255.0 ** 2 / float(np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def photos(size: int, count: int) -> list:
+    """Real photos: skimage's, then ../shared/data/CBSD68 when present; centre crops of ``size``."""
+    imgs = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
+    if SHARED.is_dir():
+        from vrpsr_plugin.codecs import load_image
+        imgs += [load_image(p)[0] for p in sorted((SHARED / 'CBSD68').glob('*.png'))[:4]]
+    out = []
+    for img in imgs:
+        h, w = img.shape[:2]
+        if min(h, w) >= size:
+            top, left = (h - size) // 2, (w - size) // 2
+            out.append(np.ascontiguousarray(img[top:top + size, left:left + size, :3]))
+    return out[:count]
+
+
+def bisect_qp(image: np.ndarray, codec: str, target: float, **kw):
+    """Reference: plain bisection on the integer QP range, then the closer of the bracketing pair."""
+    spec = CODECS[codec]
+    sign = 1 if spec.rate_decreases else -1
+    lo, hi = sorted(sign * q for q in spec.qp_range)
+    cache = {}
+
+    def rate(u):
+        if u not in cache:
+            cache[u] = encode(image, codec, qp=sign * u, **kw).bpp
+        return cache[u]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if rate(mid) >= target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda u: abs(rate(u) - target))
+    return rate(best), len(cache)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--images', type=int, default=4, help='photos for the find_qp part')
+    parser.add_argument('--size', type=int, default=256, help='photo size for the find_qp part')
+    args = parser.parse_args()
+    codecs = available_codecs()
+    image = photos(512, 1)[0]
+    print(f'codecs: {", ".join(codecs)}; 512x512 astronaut; median of {args.runs} runs; '
+          f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores')
+    print(f'{"codec":10s} {"route":6s} {"preset":7s} {"ms/enc+dec":>10s}  bpp @ QP / PSNR dB')
+    for codec in codecs:
+        spec = CODECS[codec]
+        routes = ('pyav', 'ffmpeg') if spec.pyav_decoder else ('ffmpeg',)
+        qps = QPS.get(codec, (22, 27, 32, 37))
+        times = {route: [] for route in routes}
+        for _ in range(args.runs):  # routes interleaved, so load changes hit both alike
+            for route in routes:
+                t = time.perf_counter()
+                encode(image, codec, qp=qps[1], route=route)
+                times[route].append(1000 * (time.perf_counter() - t))
+        ref_ms = statistics.median(times[routes[0]])
+        for route in routes:
+            ms = statistics.median(times[route])
+            cells = []
+            for q in qps:
+                res = encode(image, codec, qp=q, route=route)
+                cells.append(f'{q}:{res.bpp:.3f}/{psnr(image, res.image):.2f}')
+            ratio = '' if route == routes[0] else f'  ({ms / ref_ms:.2f}x of {routes[0]})'
+            print(f'{codec:10s} {route:6s} {str(spec.default_preset):7s} {ms:10.1f}  {"  ".join(cells)}{ratio}')
+    imgs = photos(args.size, args.images)
+    print(f'\nfind_qp vs bisection: {len(imgs)} photos {args.size}x{args.size}, targets {TARGETS} bpp '
+          f'(unreachable targets excluded from the error means)')
+    print(f'{"codec":10s} {"find_qp enc":>11s} {"bisect enc":>10s} {"ratio":>6s} {"find_qp |err|":>13s} '
+          f'{"bisect |err|":>12s} {"unreach":>7s} {"s/find_qp":>9s}')
+    for codec in codecs:
+        n_f, n_b, e_f, e_b, unreachable, seconds = [], [], [], [], 0, []
+        for img in imgs:
+            for target in TARGETS:
+                t = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore')
+                    res = find_qp(img, codec, target)
+                seconds.append(time.perf_counter() - t)
+                bpp_b, count_b = bisect_qp(img, codec, target)
+                n_f.append(res.num_encodes)
+                n_b.append(count_b)
+                if res.reachable:
+                    e_f.append(abs(res.bpp - target))
+                    e_b.append(abs(bpp_b - target))
+                else:
+                    unreachable += 1
+        err_f = f'{np.mean(e_f):.4f}' if e_f else 'n/a'
+        err_b = f'{np.mean(e_b):.4f}' if e_b else 'n/a'
+        print(f'{codec:10s} {np.mean(n_f):11.2f} {np.mean(n_b):10.2f} {np.mean(n_f) / np.mean(n_b):6.2f} '
+              f'{err_f:>13s} {err_b:>12s} {unreachable:7d} {statistics.median(seconds):9.2f}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
