@@ -120,6 +120,19 @@ def test_aesop_replaces_the_pixel_term_of_delta_s(ae_checkpoint, photos):
     assert torch.allclose(terms['l_pix'], 2.0 * build_loss(dict(spec, loss_weight=1.0))(sr, hr), rtol=1e-5)
 
 
+@pytest.mark.parametrize('name', ['aesop_vrpsr.yml', 'smoke/aesop_vrpsr.yml'])
+def test_vrpsr_options_use_the_pretrained_autoencoder(name):
+    """AESOP's AE spec in the VRPSR options equals the AE its pretraining option trains (strict loading)."""
+    with open(REPO / 'options' / name) as f:
+        pixel_opt = yaml.safe_load(f)['train']['perceptual_opt']['pixel_opt']
+    with open(REPO / 'options' / name.replace('vrpsr', 'autoencoder')) as f:
+        ae_opt = yaml.safe_load(f)
+    assert pixel_opt['type'] == 'AESOPLoss'
+    assert pixel_opt['network_ae'] == ae_opt['network_g']
+    assert pixel_opt['pretrained'] == f"experiments/{ae_opt['name']}/models/net_g_latest.pth"
+
+
+@pytest.mark.slow
 def test_autoencoder_pretraining_smoke_lowers_loss_and_feeds_aesop(tmp_path, photos):
     photos_dir = tmp_path / 'photos'
     write_demo_images(photos_dir, size=64, per_photo=1, names=('astronaut', 'coffee', 'chelsea'))

@@ -4,12 +4,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 from basicsr.archs import build_network
+from basicsr.utils.registry import MODEL_REGISTRY
 
 from vrpsr_plugin.archs.checkpoint import load_state_dict_strict
 from vrpsr_plugin.archs.offset_sampling import axial_offset_sample
 from vrpsr_plugin.archs.ucip_arch import UCIPNet
 from vrpsr_plugin.codecs.condition import CodecCondition
+from tests.conftest import REPO
 
 TINY = dict(embed_dim=16, num_blocks=2, num_layers=3, num_prompts=4, num_feat=16, mlp_ratio=2.0)
 
@@ -112,6 +115,17 @@ def test_ucip_gradients_reach_every_parameter(photo):
     assert net.blocks[0].dpm.prompts.grad.abs().sum() > 0
 
 
+def test_img_residual_starts_as_identity_and_learns(photo):
+    x = image_batch(photo, 20, 18)
+    post = UCIPNet(scale=1, img_residual=True, **TINY)
+    with torch.no_grad():
+        assert torch.equal(post(x), x)  # h(X^) = X^ before training
+        up = UCIPNet(scale=2, img_residual=True, **TINY)(x)
+    assert torch.allclose(up, torch.nn.functional.interpolate(x, scale_factor=2, mode='bilinear'), atol=1e-6)
+    post(x).sub(x.flip(-1)).abs().mean().backward()
+    assert post.conv_last.weight.grad.abs().sum() > 0
+
+
 def test_ucip_offsets_shared_by_pairs_of_ptmms():
     net = UCIPNet(scale=1, **TINY)
     flags = [layer.mixer.offset is not None for layer in net.blocks[0].layers]
@@ -120,8 +134,8 @@ def test_ucip_offsets_shared_by_pairs_of_ptmms():
 
 def test_codec_conditioned_equals_unconditioned_at_init(photo):
     torch.manual_seed(0)
-    plain = UCIPNet(scale=1, img_residual=True, **TINY).eval()
-    cond_net = UCIPNet(scale=1, img_residual=True, codec_conditioned=True, **TINY).eval()
+    plain = UCIPNet(scale=1, **TINY).eval()
+    cond_net = UCIPNet(scale=1, codec_conditioned=True, **TINY).eval()
     assert cond_net.codec_aware and not plain.codec_aware and not UCIPNet.codec_aware
     # a plain checkpoint loads strictly; only the condition heads are missing
     load_state_dict_strict(cond_net, plain.state_dict(), allowed_missing_prefixes=UCIPNet.CONDITION_PREFIXES)
@@ -139,3 +153,14 @@ def test_codec_conditioned_equals_unconditioned_at_init(photo):
     assert not torch.allclose(out[0], out[1], atol=1e-4)
     with pytest.raises(ValueError, match='batch'):
         cond_net(x, cond[:1])
+
+
+@pytest.mark.parametrize('name', ['ucip_sr.yml', 'ucip_post.yml', 'smoke/ucip_sr.yml', 'smoke/ucip_post.yml'])
+def test_option_files_build_their_ucip(name):
+    with open(REPO / 'options' / name) as f:
+        opt = yaml.safe_load(f)
+    assert opt['model_type'] in MODEL_REGISTRY
+    net = build_network(dict(opt['network_g']))
+    assert isinstance(net, UCIPNet) and net.scale == opt['scale']
+    # the post-processing nets read the codec condition and start as the identity (Eq. 9)
+    assert net.codec_aware == (opt['model_type'] == 'VRPSRPostModel') == net.img_residual

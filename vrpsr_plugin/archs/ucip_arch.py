@@ -29,8 +29,9 @@ Deviations from the seed, whose equation bodies are not legible in the text we h
   conv + long skip; the seed's Eq. 5/6 bodies are not legible, these are the pipeline it cites.
 - The embedding width C is not stated in the text; the paper-scale option (C = 128, 6 PTMBs x 6 PTMMs, 8 prompts,
   MLP ratio 4) gives ~10.7 M parameters, in line with "one third of PromptIR's" (35.6 M).
-- ``img_residual`` (off by default) adds the bilinearly upsampled input to the output: a post-processing net
-  h(X^, c) then only predicts a correction (our addition).
+- ``img_residual`` (off by default) adds the bilinearly upsampled input to the output and zero-initialises
+  ``conv_last``: a post-processing net h(X^, c) then starts as the identity and predicts a correction (our
+  addition, as ``CodecPostProcessNet``).
 
 Codec conditioning (our addition, CONTRIBUTING / VRPSR App. B.3): with ``codec_conditioned=True`` the B x 4
 condition feeds the shared ``ConditionHeads`` (``CodecEmbedding`` + one MLP head per PTMB, last layer zero-init);
@@ -166,7 +167,8 @@ class UCIPNet(nn.Module):
         scale: 1 (restoration / post-processing), 2 or 4.
         embed_dim: C, the token width. num_blocks: PTMBs. num_layers: PTMMs per PTMB.
         num_prompts: N base prompts per DPM. prompt_dim: C_p (default C). mlp_ratio: hidden width of the MLPs.
-        num_feat: width of the reconstruction convs. img_residual: add the (bilinearly upsampled) input.
+        num_feat: width of the reconstruction convs. img_residual: add the (bilinearly upsampled) input; the
+            last conv starts at zero (identity at init).
         codec_conditioned: add the zero-initialised codec heads (module docstring); ``codecs``,
         ``emb_dim_per_scalar`` and ``head_hidden`` configure them as in ``ConditionHeads``.
     """
@@ -205,6 +207,9 @@ class UCIPNet(nn.Module):
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, padding=1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
         self.blocks.apply(_init_linear)
+        if img_residual:  # the untrained net is the identity (scale 1) / bilinear upsampling
+            nn.init.zeros_(self.conv_last.weight)
+            nn.init.zeros_(self.conv_last.bias)
         self.embed_dim = embed_dim
         # head i -> (feature shift C, prompt-logit bias N) of block i
         self.cond_heads = (ConditionHeads([embed_dim + num_prompts] * num_blocks, codecs, emb_dim_per_scalar,
