@@ -95,7 +95,8 @@ class VRPSRModel(CodecLoopModel):
 
     def check_simulator_frozen(self) -> None:
         """Raise if a frozen simulator's weights changed (§3.3.3)."""
-        if self.net_sim is not None and not self.joint and not torch.equal(fingerprint(self.net_sim), self._sim_fingerprint):
+        net_sim = getattr(self, 'net_sim', None)  # absent outside training (test.py)
+        if net_sim is not None and not self.joint and not torch.equal(fingerprint(net_sim), self._sim_fingerprint):
             raise RuntimeError('the frozen codec simulator changed during stage 2')
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
