@@ -14,6 +14,7 @@ from typing import Dict, List
 import pytest
 import torch
 import yaml
+from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.options import ordered_yaml
@@ -179,3 +180,36 @@ def test_gradient_accumulation_steps_every_n(workdir, monkeypatch):
     opt['logger']['save_checkpoint_freq'] = 3
     with pytest.raises(ValueError, match='multiple of'):
         build_model(opt)
+
+
+def test_post_processing_modes_and_joint_simulator(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    sim = 'experiments/smoke_train_simulator/models/net_g_latest.pth'
+    sr_opt = load_opt('vrpsr_post_joint.yml')['network_sr']
+    torch.save({'params': build_network(sr_opt).state_dict()}, workdir / 'sr.pth')
+    for mode in ('post_only', 'sr_then_post', 'joint'):
+        opt = load_opt('vrpsr_post_joint.yml', mode=mode, scheduler={'type': 'constant', 'total_steps': 4})
+        opt['path'].update(pretrain_network_sim=sim, pretrain_network_sr='sr.pth')
+        model = build_model(opt)
+        batch = _batch(opt)
+        h0 = [p.detach().clone() for p in model.net_g.parameters()]
+        sr0 = None if model.net_sr is None else [p.detach().clone() for p in model.net_sr.parameters()]
+        model.feed_data(batch)
+        model.optimize_parameters(1)
+        assert any(not torch.equal(a, b) for a, b in zip(h0, model.net_g.parameters())), mode  # h always trains
+        if mode == 'post_only':
+            assert model.net_sr is None
+        else:
+            changed = any(not torch.equal(a, b) for a, b in zip(sr0, model.net_sr.parameters()))
+            assert changed == (mode == 'joint'), mode
+    opt = load_opt('vrpsr_post_joint.yml', mode='sr_then_post')
+    opt['path'].update(pretrain_network_sim=sim)
+    with pytest.raises(ValueError, match='pretrain_network_sr'):
+        build_model(opt)
+    opt = load_opt('vrpsr.yml', joint=True, scheduler={'type': 'constant', 'total_steps': 4})
+    opt['path']['pretrain_network_sim'] = sim
+    model = build_model(opt)
+    before = [p.detach().clone() for p in model.net_sim.parameters()]
+    model.feed_data(_batch(opt))
+    model.optimize_parameters(1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net_sim.parameters()))  # Table 5: joint
