@@ -123,13 +123,15 @@ def _batch(opt):
     return {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in sample.items()}
 
 
-def test_losses_decrease_on_a_fixed_batch(workdir, monkeypatch):
+@pytest.mark.parametrize('seed', [0, 1])
+def test_losses_decrease_on_a_fixed_batch(workdir, monkeypatch, seed):
     monkeypatch.chdir(workdir)
     for option in ('train_simulator.yml', 'vrpsr.yml'):
         opt = load_opt(option, total_iter=12, scheduler={'type': 'constant', 'total_steps': 12})
         if option == 'train_simulator.yml':
             opt['datasets']['train']['dataroot_gt'] = 'datasets/demo/one'
         opt['path']['pretrain_network_sim'] = 'experiments/smoke_train_simulator/models/net_g_latest.pth'
+        torch.manual_seed(seed)
         model = build_model(opt)
         batch = _batch(opt)
         values = []
@@ -138,7 +140,7 @@ def test_losses_decrease_on_a_fixed_batch(workdir, monkeypatch):
             model.optimize_parameters(it)
             values.append(float(model.log_dict['l_total']))
         assert all(map(lambda v: v == v, values))
-        assert values[-1] < 0.9 * values[0], (option, values)
+        assert sum(values[-3:]) / 3 < 0.9 * values[0], (option, values)
 
 
 def test_ste_forward_is_the_real_codec_and_gradient_the_simulator(workdir, monkeypatch):
