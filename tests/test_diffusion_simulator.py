@@ -89,6 +89,10 @@ def test_frozen_simulator_still_passes_gradients_to_input(sim, small):
     sim(x, COND).mean().backward()
     assert x.grad.abs().sum() > 0
     assert all(p.grad is None for p in sim.parameters())
+    sim.requires_grad_(True)  # re-enables the trainable part only; the base stays frozen
+    assert {n for n, p in sim.named_parameters() if p.requires_grad} == \
+        {n for n, _ in sim.named_parameters() if sim.is_trainable_key(n)}
+    sim.requires_grad_(False)
 
 
 def test_zero_init_equals_plain_one_step_pipeline(sd_path, sim, image):

@@ -238,6 +238,12 @@ class OneStepCodecDiffusion(nn.Module):
         """The parameters an optimizer should update (LoRA + condition heads)."""
         return [p for n, p in self.named_parameters() if self.is_trainable_key(n)]
 
+    def requires_grad_(self, requires_grad: bool = True) -> 'OneStepCodecDiffusion':
+        """Switch gradients of the trainable part only: the pretrained base stays frozen (it is never saved)."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(requires_grad and self.is_trainable_key(name))
+        return self
+
     def _drop_base_keys(self, state: Dict, prefix: str, local_metadata: Dict) -> None:
         for key in self._base_keys:
             state.pop(prefix + key, None)
