@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument('--size', type=int, default=256)
     parser.add_argument('--codecs', nargs='+', default=['libx264', 'libx265'])
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (this machine is shared)')
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = SRVGGNetCompact(num_feat=16, num_conv=4, upscale=2).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +57,8 @@ def main() -> None:
             shutil.rmtree(out)
     per = len(PHOTOS) * len(args.codecs)
     c, w = statistics.median(cold), statistics.median(warm)
-    print(f'{len(PHOTOS)} images of {args.size} px, codecs {args.codecs}, 4 QPs, 2 methods, {args.repeats} repeats')
+    print(f'{len(PHOTOS)} images of {args.size} px, codecs {args.codecs}, 4 QPs, 2 methods, {args.repeats} repeats, '
+          f'{args.threads} torch thread(s)')
     print(f'cold run (empty cache): {c / per:.3f} s per image per codec (median total {c:.2f} s)')
     print(f'warm rerun (all cached): {w / per:.3f} s per image per codec (median total {w:.2f} s)')
     print(f'cache saves {100 * (1 - w / c):.1f}% (cold / warm = {c / w:.1f}x)')

@@ -39,6 +39,15 @@ class BicubicBlur(torch.nn.Module):
         return F.conv2d(F.pad(x, (3, 3, 3, 3), mode='reflect'), self.kernel, groups=3)
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Small convolutions run far faster on one thread on a shared CPU; restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def data_dir(tmp_path, photos):
     folder = tmp_path / 'data'

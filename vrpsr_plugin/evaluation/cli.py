@@ -2,6 +2,8 @@
 import argparse
 from pathlib import Path
 
+import torch
+
 from vrpsr_plugin.evaluation.bdrate import METHODS
 from vrpsr_plugin.evaluation.metric_suite import FID_MODES, METRICS, MetricSuite
 from vrpsr_plugin.evaluation.protocol import EvalConfig, Protocol, default_loader, parse_models
@@ -34,11 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--color-fix', action='store_true',
                         help='also report metrics after an AdaIN colour fix applied after the codec')
     parser.add_argument('--simulator', default=None, help='also evaluate this codec simulator (Table 3, left)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (1 is often fastest on a busy machine: small convolutions)')
     parser.add_argument('--no-progress', action='store_true')
 
 
 def run(args: argparse.Namespace) -> int:
     """Run or resume the benchmark and print where the results are."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f'--threads must be >= 1, got {args.threads}')
+        torch.set_num_threads(args.threads)
     cfg = EvalConfig(data=args.data, out=args.out, models=parse_models(args.models), codecs=args.codecs,
                      qps=args.qps, crfs=args.crf, size=args.size, scale=args.scale, baseline=args.baseline,
                      device=args.device, tile=args.tile, color_fix=args.color_fix, bd_method=args.bd_method)
