@@ -117,7 +117,9 @@ def added_to_outputs(modules: Sequence[nn.Module], biases: Optional[Sequence[tor
 
 def _adder(bias: torch.Tensor):
     def hook(module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        return output + bias
+        # in place: saves a feature-map allocation per injection point; the hooked outputs (a conv's, or an RDB's
+        # final add) are not saved for backward, and autograd's version counter would flag it if they were
+        return output.add_(bias)
     return hook
 
 

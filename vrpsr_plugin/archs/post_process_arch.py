@@ -56,6 +56,6 @@ class CodecPostProcessNet(CodecAwareMixin, nn.Module):
             body = block(body)
             if films is not None:
                 gamma, beta = films[i].chunk(2, dim=1)
-                body = body * (1 + gamma) + beta
+                body = torch.addcmul(beta, body, 1 + gamma)
         residual = F.pixel_shuffle(self.conv_last(feat + self.conv_body(body)), self.unshuffle)
         return x + residual[..., :height, :width]
