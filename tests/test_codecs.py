@@ -1,5 +1,5 @@
 """The real codec layer: encode/decode, exact constant QP, routes, rate matching (Eq. 2), bad input, faults."""
-import os
+
 import re
 import signal
 import stat

@@ -20,7 +20,8 @@ from vrpsr_plugin.archs.codec_aware_rrdbnet_arch import CodecAwareRRDBNet
 from vrpsr_plugin.archs.codec_aware_srvgg_arch import CodecAwareSRVGGNetCompact
 from vrpsr_plugin.archs.condition_heads import HEADS_PREFIX
 from vrpsr_plugin.codecs.condition import CodecCondition
-from vrpsr_plugin.inference import atomic_torch_save, build_from_spec, load_model
+from vrpsr_plugin.atomic_io import torch_save
+from vrpsr_plugin.inference import build_from_spec, load_model
 
 # ResidualDenseBlock.forward in basicsr returns x5 * 0.2 + x
 RDB_RESIDUAL_SCALE = 0.2
@@ -59,7 +60,7 @@ def export_plain(model: nn.Module, condition: CodecCondition, path: str) -> nn.M
     spec, state = fold_condition(model, condition)
     plain = build_from_spec(spec)
     load_state_dict_strict(plain, state, source='folded state')
-    atomic_torch_save({'params_ema': state}, path)
+    torch_save({'params_ema': state}, path)
     return plain.to(next(model.parameters()).device).eval()
 
 

@@ -6,7 +6,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -17,6 +16,7 @@ from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
+from vrpsr_plugin.atomic_io import torch_save
 from vrpsr_plugin.archs.checkpoint import load_state_dict_strict, unwrap_state_dict
 from vrpsr_plugin.archs.condition_heads import HEADS_PREFIX
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS
@@ -59,22 +59,7 @@ def save_model(model: nn.Module, path: str) -> None:
     if spec is None:
         raise TypeError(f'{type(model).__name__} has no arch_spec; save it with basicsr instead')
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_torch_save({'params_ema': state, 'arch': spec}, path)
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` (no half-written files)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.pth', dir=folder)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    torch_save({'params_ema': state, 'arch': spec}, path)
 
 
 def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:

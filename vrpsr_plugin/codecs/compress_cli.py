@@ -1,13 +1,12 @@
 """``vrpsr compress IN OUT --codec C (--qp Q | --bpp B | --crf F)``: encode+decode one image with a real codec,
 write the decoded picture (atomically) and print codec, QP, bytes, bpp and PSNR against the input."""
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from vrpsr_plugin.atomic_io import atomic_write
 from vrpsr_plugin.codecs.encode import ROUTES, encode
 from vrpsr_plugin.codecs.encoders import CODECS
 from vrpsr_plugin.codecs.errors import CodecError
@@ -37,20 +36,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float('inf') if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
 
 
-def _write_atomic(image: np.ndarray, path: Path) -> None:
+def _write_image(image: np.ndarray, path: Path) -> None:
+    """Write the decoded image in the format the file extension names (PNG when unknown), atomically."""
     from PIL import Image
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=path.suffix, dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, 'wb') as handle:
-            Image.fromarray(image).save(handle, format=Image.registered_extensions().get(path.suffix.lower(),
-                                                                                       'PNG'))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    fmt = Image.registered_extensions().get(path.suffix.lower(), 'PNG')
+    atomic_write(path, lambda handle: Image.fromarray(image).save(handle, format=fmt))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             result = encode(image, args.codec, qp=args.qp, crf=args.crf, **kwargs)
         if not args.output.parent.is_dir():
             raise ValueError(f'output folder {args.output.parent} does not exist')
-        _write_atomic(result.image, args.output)
+        _write_image(result.image, args.output)
     except (OSError, ValueError, CodecError) as exc:
         print(f'vrpsr compress: error: {exc}', file=sys.stderr)
         return 2

@@ -19,51 +19,16 @@ import json
 import os
 import os.path as osp
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
+from vrpsr_plugin.atomic_io import read_rgb, write_json, write_png
+
 INDEX_NAME = 'index.json'
 _IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
-
-
-def atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = osp.dirname(path) or '.'
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix=osp.basename(path))
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_png(path: str, rgb: np.ndarray) -> None:
-    """An RGB uint8 image to a PNG file, atomically."""
-    ok, buf = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f'cannot encode {path} as PNG')
-    atomic_write_bytes(path, buf.tobytes())
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """An image file as H x W x 3 RGB uint8."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise OSError(f'cannot read image {path}')
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def code_relpath(key: str, codec: str, qp: int, ext: str = '.png') -> str:
@@ -84,9 +49,9 @@ def _encode_job(root: str, key: str, codec: str, qp: int) -> Tuple[str, str, int
     """Worker: encode ``gt/<key>.png`` with the real codec at ``qp``; write image then record, atomically."""
     from vrpsr_plugin.codecs import encode
     result = encode(read_rgb(osp.join(root, 'gt', f'{key}.png')), codec, qp=qp)
-    atomic_write_png(osp.join(root, code_relpath(key, codec, qp)), result.image)
+    write_png(osp.join(root, code_relpath(key, codec, qp)), result.image)
     record = {'bpp': float(result.bpp), 'num_bytes': int(result.num_bytes), 'qp': int(qp), 'codec': codec}
-    atomic_write_json(osp.join(root, code_relpath(key, codec, qp, '.json')), record)
+    write_json(osp.join(root, code_relpath(key, codec, qp, '.json')), record)
     return key, codec, qp, record
 
 
@@ -135,7 +100,7 @@ def prepare_bank(data_dir: str, out: str, codecs: Sequence[str], qps: Sequence[i
             key = stem if crop is None else f'{stem}_s{index:03d}'
             gt_path = osp.join(out, 'gt', f'{key}.png')
             if not osp.isfile(gt_path):
-                atomic_write_png(gt_path, np.ascontiguousarray(tile))
+                write_png(gt_path, np.ascontiguousarray(tile))
             keys.append(key)
     if not keys:
         raise ValueError(f'no image in {data_dir!r} is at least {crop}x{crop}')
@@ -149,10 +114,10 @@ def prepare_bank(data_dir: str, out: str, codecs: Sequence[str], qps: Sequence[i
             future.result()  # re-raise a worker's error with its message
             bar.update(1)
             if done % max(1, len(jobs) // 20) == 0:  # partial manifest: usable while the rest encodes
-                atomic_write_json(osp.join(out, INDEX_NAME), _build_index(out, keys, codecs, qps, crop))
+                write_json(osp.join(out, INDEX_NAME), _build_index(out, keys, codecs, qps, crop))
     bar.close()
     index = _build_index(out, keys, codecs, qps, crop)
-    atomic_write_json(osp.join(out, INDEX_NAME), index)
+    write_json(osp.join(out, INDEX_NAME), index)
     return index
 
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from vrpsr_plugin.evaluation.cache import atomic_write
+from vrpsr_plugin.atomic_io import write_bytes
 
 TABLE1 = ('psnr', 'lpips', 'dists', 'fid')
 LABELS = {'psnr': 'PSNR', 'psnr_y': 'PSNR-Y', 'ssim': 'SSIM', 'ms_ssim': 'MS-SSIM', 'lpips': 'LPIPS',
@@ -28,7 +28,7 @@ def _clean(obj):
 
 
 def write_json(path: Path, results: dict) -> None:
-    atomic_write(path, json.dumps(_clean(results), indent=1, allow_nan=False).encode('utf-8'))
+    write_bytes(path, json.dumps(_clean(results), indent=1, allow_nan=False).encode('utf-8'))
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
@@ -45,7 +45,7 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
         line.update(row['metrics'])
         line.update({f'cf_{k}': v for k, v in row.get('metrics_color_fix', {}).items()})
         writer.writerow(line)
-    atomic_write(path, buffer.getvalue().encode('utf-8'))
+    write_bytes(path, buffer.getvalue().encode('utf-8'))
 
 
 def _fmt(value: Optional[float], metric: str) -> str:
@@ -185,7 +185,7 @@ def plot_rd(folder: Path, results: dict) -> List[Path]:
                     buffer = io.BytesIO()
                     fig.savefig(buffer, format='png')
                     plt.close(fig)
-                    atomic_write(path, buffer.getvalue())
+                    write_bytes(path, buffer.getvalue())
                     written.append(path)
     return written
 
@@ -195,6 +195,6 @@ def write_all(folder: Path, results: dict, rows: Sequence[dict]) -> Dict[str, Pa
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / 'results.json', results)
     write_csv(folder / 'per_image.csv', rows)
-    atomic_write(folder / 'results.md', markdown(results).encode('utf-8'))
+    write_bytes(folder / 'results.md', markdown(results).encode('utf-8'))
     plot_rd(folder, results)
     return {'json': folder / 'results.json', 'csv': folder / 'per_image.csv', 'markdown': folder / 'results.md'}

@@ -1,0 +1,69 @@
+"""Atomic file writes and strict image reads shared by every module that writes results.
+
+A write goes to a temporary file in the target folder and is moved over the target with ``os.replace``, so a
+reader (or a resumed run) sees the old file or the complete new one, never a partial one; the temporary file is
+removed on any failure, KeyboardInterrupt included.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Union
+
+import cv2
+import numpy as np
+import torch
+
+PathLike = Union[str, Path]
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(handle)`` on a temporary file next to ``path``, then move it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, 'wb') as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode('utf-8'))
+
+
+def write_png(path: PathLike, rgb: np.ndarray) -> None:
+    """A lossless PNG of an HxWx3 RGB uint8 image."""
+    ok, buf = cv2.imencode('.png', np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise OSError(f'could not encode {path} as PNG')
+    write_bytes(path, buf.tobytes())
+
+
+def torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` without ever leaving a half-written checkpoint."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def read_rgb(path: PathLike) -> np.ndarray:
+    """HxWx3 RGB uint8 from any image file OpenCV reads. Grey becomes 3 channels and alpha is dropped;
+    16-bit and float images are an error (no silent bit-depth conversion)."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f'cannot read image {path}')
+    if image.dtype != np.uint8:
+        raise ValueError(f'{path}: only 8-bit images are supported, got {image.dtype}')
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(image[..., 2::-1])
