@@ -1,8 +1,7 @@
 """The two-stage training (§3.3) through BasicSR's train pipeline on small real photos (CPU).
 
-Each smoke option runs in a subprocess exactly as ``vrpsr_plugin/train.py`` does (``basicsr_fixes.apply()`` then
-``basicsr.train.train_pipeline(root)``) but with ``root`` = a temporary folder, so experiments, logs and
-tensorboard files stay out of the repository.
+Each smoke option runs in a subprocess through ``python -m vrpsr_plugin.train`` with ``VRPSR_ROOT`` = a temporary
+folder, so experiments, logs and tensorboard files stay out of the repository.
 """
 import os
 import re
@@ -24,19 +23,16 @@ from vrpsr_plugin.data.demo_images import write_demo_images
 from vrpsr_plugin.models.vrpsr_model import real_codec
 
 SMOKE = REPO / 'options' / 'smoke'
-_RUN = ('import sys; sys.argv = ["train"] + sys.argv[1:]; import vrpsr_plugin; '
-        'from vrpsr_plugin import basicsr_fixes; from basicsr.train import train_pipeline; '
-        'basicsr_fixes.apply(); train_pipeline(".")')
 
 
 def train(root: Path, option: str, *force: str, auto_resume: bool = False) -> str:
     """Run one smoke option through BasicSR's train pipeline in ``root``; return its log."""
-    args = [sys.executable, '-c', _RUN, '-opt', str(SMOKE / option)]
+    args = [sys.executable, '-m', 'vrpsr_plugin.train', '-opt', str(SMOKE / option)]
     if force:
         args += ['--force_yml', *force]
     if auto_resume:
         args.append('--auto_resume')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(root)}
     proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

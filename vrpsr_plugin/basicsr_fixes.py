@@ -14,10 +14,11 @@ from basicsr.utils import check_resume, scandir
 
 
 def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """Find the resume state as basicsr does (``--auto_resume``: newest ``*.state``) and load it on the CPU."""
+    """Find the resume state as basicsr does (``--auto_resume``: newest ``*.state`` in the experiment's
+    training_states folder, wherever the run is started from) and load it on the CPU."""
     path = opt['path'].get('resume_state')
     if opt['auto_resume']:
-        state_dir = os.path.join('experiments', opt['name'], 'training_states')
+        state_dir = opt['path']['training_states']
         iters = [int(name.split('.state')[0]) for name in scandir(state_dir, suffix='.state', recursive=False)
                  ] if os.path.isdir(state_dir) else []
         if iters:

@@ -33,19 +33,17 @@ from vrpsr_plugin.models.vrpsr_model import real_codec
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / 'options' / 'smoke'
-_RUN = ('import sys; sys.argv = ["train"] + sys.argv[1:]; import vrpsr_plugin; '
-        'from vrpsr_plugin import basicsr_fixes; from basicsr.train import train_pipeline; '
-        'basicsr_fixes.apply(); train_pipeline(".")')
 
 
 def train(root: Path, option: str, name: str, iters: int, extra: Sequence[str] = ()) -> None:
     """One smoke option through BasicSR's train pipeline in ``root`` (logs under root/experiments/name)."""
     force = [f'name={name}', f'train:total_iter={iters}', f'train:scheduler:total_steps={iters}',
              f'logger:save_checkpoint_freq={iters}', f'val:val_freq={iters}', *extra]
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
+    env = {**os.environ, 'VRPSR_ROOT': str(root),
+           'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
     env.setdefault('OMP_NUM_THREADS', '1')
     print(f'[main job] training {name} ({option}, {iters} iterations)', flush=True)
-    proc = subprocess.run([sys.executable, '-c', _RUN, '-opt', str(SMOKE / option), '--force_yml', *force],
+    proc = subprocess.run([sys.executable, '-m', 'vrpsr_plugin.train', '-opt', str(SMOKE / option), '--force_yml', *force],
                           cwd=root, env=env, capture_output=True, text=True)
     (root / f'{name}.log').write_text(proc.stdout + proc.stderr)
     if proc.returncode:

@@ -1,7 +1,10 @@
 """Test (inference + validation metrics) with BasicSR's pipeline and this plugin's registries.
 
     python vrpsr_plugin/test.py -opt options/test_vrpsr.yml
+
+results/ go under the repository root, or under $VRPSR_ROOT when set.
 """
+import os
 import os.path as osp
 import sys
 
@@ -15,7 +18,7 @@ from basicsr.test import test_pipeline  # noqa: E402
 
 def main() -> None:
     basicsr_fixes.apply()
-    test_pipeline(osp.abspath(osp.join(__file__, osp.pardir, osp.pardir)))
+    test_pipeline(os.environ.get('VRPSR_ROOT') or osp.abspath(osp.join(__file__, osp.pardir, osp.pardir)))
 
 
 if __name__ == '__main__':

@@ -2,7 +2,10 @@
 
     python vrpsr_plugin/train.py -opt options/vrpsr_realesrgan.yml [--auto_resume]
     python -m vrpsr_plugin.train -opt options/smoke/train_simulator.yml
+
+experiments/ and tb_logger/ go under the repository root (as in Real-ESRGAN), or under $VRPSR_ROOT when set.
 """
+import os
 import os.path as osp
 import sys
 
@@ -16,7 +19,7 @@ from basicsr.train import train_pipeline  # noqa: E402
 
 def main() -> None:
     basicsr_fixes.apply()
-    train_pipeline(osp.abspath(osp.join(__file__, osp.pardir, osp.pardir)))
+    train_pipeline(os.environ.get('VRPSR_ROOT') or osp.abspath(osp.join(__file__, osp.pardir, osp.pardir)))
 
 
 if __name__ == '__main__':
