@@ -1,5 +1,8 @@
-"""The ``vrpsr`` console command. Each subcommand lives in its own module exposing
-``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when their subcommand runs."""
+"""vrpsr: real codecs, plain-checkpoint export, codec banks and the rate-matched recompression benchmark.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; a module is
+imported only when its subcommand runs.
+"""
 import argparse
 import importlib
 import sys
