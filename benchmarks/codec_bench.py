@@ -8,7 +8,6 @@ Then, over several real photos and a set of target rates: mean encodes per image
 ``find_qp`` and of a plain integer bisection over the same QP range, measured in the same run.
 """
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -20,14 +19,11 @@ import numpy as np
 from skimage import data as skdata
 
 from vrpsr_plugin.codecs import CODECS, available_codecs, encode, find_qp
+from basicsr.metrics import calculate_psnr  # noqa: E402  (after vrpsr_plugin: its compat shim goes first)
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 QPS = {'jpeg': (2, 4, 8, 16), 'libwebp': (90, 75, 50, 25)}
 TARGETS = (0.1, 0.2, 0.4, 0.8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return 10 * math.log10(255.0 ** 2 / float(np.mean((a.astype(np.float64) - b) ** 2)))
 
 
 def photos(size: int, count: int) -> list:
@@ -93,7 +89,7 @@ def main() -> int:
             cells = []
             for q in qps:
                 res = encode(image, codec, qp=q, route=route)
-                cells.append(f'{q}:{res.bpp:.3f}/{psnr(image, res.image):.2f}')
+                cells.append(f'{q}:{res.bpp:.3f}/{calculate_psnr(image, res.image, crop_border=0):.2f}')
             ratio = '' if route == routes[0] else f'  ({ms / ref_ms:.2f}x of {routes[0]})'
             print(f'{codec:10s} {route:6s} {str(spec.default_preset):7s} {ms:10.1f}  {"  ".join(cells)}{ratio}')
     imgs = photos(args.size, args.images)

@@ -28,6 +28,7 @@ from vrpsr_plugin.archs.checkpoint import load_state_dict_strict, read_checkpoin
 from vrpsr_plugin.data.demo_images import write_demo_images
 from vrpsr_plugin.data.recompression_sr_dataset import RecompressionSRDataset
 from vrpsr_plugin.losses.vrpsr_loss import build_lpips
+from vrpsr_plugin.metrics.pretrained import MetricUnavailable, load_lpips
 from vrpsr_plugin.models.codec_simulator_model import run_net
 from vrpsr_plugin.models.vrpsr_model import real_codec
 
@@ -51,11 +52,11 @@ def train(root: Path, option: str, name: str, iters: int, extra: Sequence[str] =
 
 
 def lpips_metric() -> tuple:
-    """(LPIPS module, label): the real metric when AlexNet's weights are cached, else the random stand-in."""
-    hub = Path(torch.hub.get_dir()) / 'checkpoints' / 'alexnet-owt-7be5be79.pth'
-    if hub.is_file():
-        return build_lpips('alex', True), 'LPIPS'
-    return build_lpips('alex', False), 'LPIPS(random backbone: not the metric)'
+    """(LPIPS module, label): the real metric when its pretrained weights load, else the random stand-in."""
+    try:
+        return load_lpips(), 'LPIPS'
+    except MetricUnavailable:
+        return build_lpips('alex', False), 'LPIPS(random backbone: not the metric)'
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from basicsr.metrics import calculate_psnr
 
 from vrpsr_plugin.atomic_io import atomic_write
 from vrpsr_plugin.codecs.encode import ROUTES, encode
@@ -28,12 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--ffmpeg', default=None, help='ffmpeg binary (default: $VRPSR_FFMPEG, imageio-ffmpeg)')
     parser.add_argument('--preset', default=None, help="encoder preset (default: the codec's, docs/codecs.md)")
     parser.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT, help='seconds per ffmpeg call')
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 images (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float('inf') if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
 
 
 def _write_image(image: np.ndarray, path: Path) -> None:
@@ -62,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     qp = 'none' if result.qp is None else str(result.qp)
     line = (f'codec={result.codec} qp={qp} bytes={result.num_bytes} bpp={result.bpp:.4f} '
-            f'psnr={psnr(image, result.image):.2f}dB route={result.route}')
+            f'psnr={calculate_psnr(image, result.image, crop_border=0):.2f}dB route={result.route}')
     if result.crf is not None:
         line += f' crf={result.crf:g}'
     if result.target_bpp is not None:
