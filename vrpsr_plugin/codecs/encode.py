@@ -13,7 +13,7 @@ import torch
 
 from vrpsr_plugin.codecs import ffmpeg_route, pyav_route
 from vrpsr_plugin.codecs.encoders import CodecSpec, get_spec, strip_sei
-from vrpsr_plugin.codecs.inputs import ImageLike, to_rgb_uint8
+from vrpsr_plugin.codecs.inputs import ImageLike, rgb_to_tensor, to_rgb_uint8
 from vrpsr_plugin.codecs.yuv import bytes_to_planes, planes_to_bytes, rgb_to_yuv420, yuv420_to_rgb
 
 ROUTES = ('auto', 'pyav', 'ffmpeg')
@@ -37,7 +37,7 @@ class CodecResult:
 
     def tensor(self) -> torch.Tensor:
         """The decoded image as a CxHxW float32 tensor in [0, 1]."""
-        return torch.from_numpy(self.image).permute(2, 0, 1).float().div_(255.0)
+        return rgb_to_tensor(self.image)
 
 
 def _check_mode(spec: CodecSpec, qp: Optional[int], crf: Optional[float]) -> None:

@@ -12,6 +12,11 @@ import torch
 ImageLike = Union[np.ndarray, torch.Tensor]
 
 
+def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 3xHxW float32 tensor in [0, 1] (the inverse of :func:`to_rgb_uint8` for tensors)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+
+
 def to_rgb_uint8(image: ImageLike) -> np.ndarray:
     """A validated HxWx3 uint8 RGB array (a new array; the caller's object is never modified).
 

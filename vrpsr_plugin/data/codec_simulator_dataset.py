@@ -15,12 +15,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
-import torch
 from basicsr.utils import FileClient, scandir
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.data.codec_bank import load_bank_index
 
 _IMG_SUFFIX = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -32,11 +32,6 @@ def decode_rgb(payload: bytes, name: str) -> np.ndarray:
     if img is None:
         raise OSError(f'cannot decode image {name}')
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """H x W x 3 uint8 -> 3 x H x W float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
 
 
 def gt_keys(opt: Dict[str, Any]) -> List[str]:
@@ -183,5 +178,5 @@ class CodecSimulatorDataset(data.Dataset):
             gt, decoded = augment_pair([gt, decoded], rng, self.opt.get('use_hflip', False),
                                        self.opt.get('use_rot', False))
         cond = CodecCondition(codec, bpp, qp).vector(self.condition_codecs)
-        return {'gt': to_tensor(gt), 'codec_out': to_tensor(decoded), 'cond': cond, 'qp': qp, 'codec': codec,
+        return {'gt': rgb_to_tensor(gt), 'codec_out': rgb_to_tensor(decoded), 'cond': cond, 'qp': qp, 'codec': codec,
                 'gt_path': gt_path}

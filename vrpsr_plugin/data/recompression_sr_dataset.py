@@ -19,8 +19,9 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.data.codec_simulator_dataset import (augment_pair, decode_rgb, gt_keys, random_crop_box,
-                                                        sample_qps, to_tensor)
+                                                        sample_qps)
 from vrpsr_plugin.data.degradation import HighOrderDegradation, seeded
 
 
@@ -81,7 +82,7 @@ class RecompressionSRDataset(data.Dataset):
         codec = self.codecs[int(rng.integers(len(self.codecs)))]
         qp = self.qps[int(rng.integers(len(self.qps)))]
         qp_target = max(qp - self.qp_offset, self.qp_min[codec])
-        gt_t = to_tensor(gt)
+        gt_t = rgb_to_tensor(gt)
         with seeded([self.seed, index, 1]):
             lq_t = self.degradation(gt_t[None])[0]
         lq = (lq_t.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
@@ -90,7 +91,7 @@ class RecompressionSRDataset(data.Dataset):
         target = encode(gt, codec, qp=qp_target, **kwargs)  # c' (Eq. 7)
         cond = CodecCondition(codec, float(source.bpp) / self.scale ** 2, qp).vector(self.condition_codecs)
         cond_target = CodecCondition(codec, float(target.bpp), qp_target).vector(self.condition_codecs)
-        return {'lq': to_tensor(lq), 'gt': gt_t, 'cond': cond, 'cond_target': cond_target, 'qp': qp,
-                'qp_target': qp_target, 'codec': codec, 'lq_codec': to_tensor(source.image),
-                'gt_codec': to_tensor(target.image), 'gt_path': key,
+        return {'lq': rgb_to_tensor(lq), 'gt': gt_t, 'cond': cond, 'cond_target': cond_target, 'qp': qp,
+                'qp_target': qp_target, 'codec': codec, 'lq_codec': rgb_to_tensor(source.image),
+                'gt_codec': rgb_to_tensor(target.image), 'gt_path': key,
                 'lq_bpp': torch.tensor(float(source.bpp))}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from basicsr.data import degradations
+from basicsr.utils import tensor2img
 from basicsr.utils.img_process_util import filter2D
 
 KERNELS = ('iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso')
@@ -110,4 +111,4 @@ def degrade(hr: np.ndarray, scale: int, seed: int, cfg: DegradationConfig = Degr
     img = img.permute(2, 0, 1)[None].float()
     mode = str(rng.choice(['area', 'bilinear', 'bicubic']))
     img = F.interpolate(img, size=(height // scale, width // scale), mode=mode).clamp(0, 1)
-    return np.ascontiguousarray((img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    return np.ascontiguousarray(tensor2img(img[0], rgb2bgr=False))

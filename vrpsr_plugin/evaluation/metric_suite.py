@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
 
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.metrics.fid import inception_features
 from vrpsr_plugin.metrics.msssim_metric import MIN_SIDE, ms_ssim_tensor
 from vrpsr_plugin.metrics.pretrained import MetricUnavailable, load_dists, load_inception, load_lpips
@@ -19,11 +20,6 @@ METRICS = ('psnr', 'psnr_y', 'ssim', 'ms_ssim', 'lpips', 'dists', 'fid')
 HIGHER_IS_BETTER = {'psnr': True, 'psnr_y': True, 'ssim': True, 'ms_ssim': True,
                     'lpips': False, 'dists': False, 'fid': False}
 FID_MODES = ('patch', 'full', 'off')
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 -> 1x3xHxW float in [0,1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
 
 
 @dataclass
@@ -93,7 +89,7 @@ class MetricSuite:
             out['psnr_y'] = float(calculate_psnr(image[..., ::-1], reference[..., ::-1], 0, test_y_channel=True))
         if 'ssim' in names:
             out['ssim'] = float(calculate_ssim(image, reference, 0))
-        x, y = to_tensor(image), to_tensor(reference)
+        x, y = rgb_to_tensor(image)[None], rgb_to_tensor(reference)[None]
         if 'ms_ssim' in names:
             out['ms_ssim'] = float(ms_ssim_tensor(x, y).item())
         if 'lpips' in names:
@@ -110,4 +106,4 @@ class MetricSuite:
     def features(self, image: np.ndarray) -> np.ndarray:
         """Inception features of one image: of its patches (patch-FID) or of the whole image (full FID)."""
         patch = self.fid_patch if self.fid_mode == 'patch' else 0
-        return inception_features(to_tensor(image), self.inception, patch=patch).astype(np.float32)
+        return inception_features(rgb_to_tensor(image)[None], self.inception, patch=patch).astype(np.float32)

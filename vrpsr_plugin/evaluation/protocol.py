@@ -18,14 +18,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from basicsr.utils import tensor2img
 from tqdm import tqdm
 
 from vrpsr_plugin import codecs as codec_api
 from vrpsr_plugin.codecs import CodecCondition
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.evaluation import cache
 from vrpsr_plugin.evaluation.colorfix import adain_color_fix
 from vrpsr_plugin.evaluation.degrade import DegradationConfig, degrade, prepare_hr, seed_from_name
-from vrpsr_plugin.evaluation.metric_suite import MetricSuite, to_tensor
+from vrpsr_plugin.evaluation.metric_suite import MetricSuite
 
 IDENTITY = 'identity'
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
@@ -218,7 +220,7 @@ class Protocol:
         file = folder / f'{path.stem}.png'
         if file.is_file():
             return cache.read_image(file)
-        x = to_tensor(self.lr(path))
+        x = rgb_to_tensor(self.lr(path))[None]
         if model is None:
             out = x if self.scale == 1 else F.interpolate(x, scale_factor=self.scale, mode='bicubic',
                                                           align_corners=False)
@@ -228,7 +230,7 @@ class Protocol:
             with torch.no_grad():
                 out = self.restore(model, x.to(device), cond.to(device) if cond is not None else None,
                                    tile=self.cfg.tile).cpu()
-        image = (out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        image = tensor2img(out[0], rgb2bgr=False)
         cache.write_png(file, image)
         return image
 

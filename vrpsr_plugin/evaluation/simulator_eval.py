@@ -6,13 +6,14 @@ against X^. Per-item results are cached like the main protocol's.
 """
 from typing import Callable, Dict, Sequence
 
-import numpy as np
 import torch
+from basicsr.utils import tensor2img
 
 from vrpsr_plugin import codecs as codec_api
 from vrpsr_plugin.codecs import CodecCondition
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.evaluation import cache
-from vrpsr_plugin.evaluation.metric_suite import MetricSuite, to_tensor
+from vrpsr_plugin.evaluation.metric_suite import MetricSuite
 from vrpsr_plugin.evaluation.protocol import Protocol, default_restore, module_device
 from vrpsr_plugin.evaluation.stats import mean_std
 
@@ -31,8 +32,8 @@ def simulator_item(protocol: Protocol, simulator: torch.nn.Module, path, codec: 
     cond = CodecCondition(codec, float(real.bpp)).vector()[None]
     device = module_device(simulator)
     with torch.no_grad():
-        out = restore(simulator, to_tensor(hr).to(device), cond.to(device), tile=protocol.cfg.tile).cpu()
-    simulated = (out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        out = restore(simulator, rgb_to_tensor(hr)[None].to(device), cond.to(device), tile=protocol.cfg.tile).cpu()
+    simulated = tensor2img(out[0], rgb2bgr=False)
     suite: MetricSuite = protocol.suite
     metrics = {k: v for k, v in suite.compute(simulated, real.image).items() if k in SIMULATOR_METRICS}
     row = {'image': path.stem, 'codec': codec, 'qp': qp, 'bpp': float(real.bpp), 'metrics': metrics}
