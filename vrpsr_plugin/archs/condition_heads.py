@@ -82,16 +82,19 @@ class CodecAwareMixin:
 
 
 def check_condition(cond: torch.Tensor, x: torch.Tensor, num_scalars: int) -> torch.Tensor:
-    """Validate the (B, num_scalars) condition for the batch ``x`` (§3.2.3); errors name the problem."""
+    """Validate the (B, num_scalars) condition for the batch ``x`` (§3.2.3): every conditioned arch and simulator
+    calls this; errors name the problem."""
     if not isinstance(cond, torch.Tensor):
         raise TypeError(f'cond must be a torch.Tensor of shape (B, {num_scalars}) or None, got {type(cond).__name__}')
     if cond.dim() != 2 or cond.shape[1] != num_scalars:
-        raise ValueError(f'cond must have shape (B, {num_scalars}) = [one-hot codec..., bpp], '
-                         f'got {tuple(cond.shape)}')
+        raise ValueError(f'cond must have shape (B, {num_scalars}), a B x {num_scalars} tensor [one-hot codec..., bpp] '
+                         f'(CodecCondition.collate), got {tuple(cond.shape)}')
     if cond.shape[0] != x.shape[0]:
-        raise ValueError(f'cond has batch size {cond.shape[0]} but the input has {x.shape[0]}')
+        raise ValueError(f'batch sizes differ: cond has batch size {cond.shape[0]} but the input has {x.shape[0]}')
     if not torch.isfinite(cond).all():
         raise ValueError('cond contains NaN or inf')
+    if (cond[:, -1] < 0).any():
+        raise ValueError('cond must have bpp (last column) >= 0')
     return cond
 
 

@@ -28,6 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from vrpsr_plugin.archs.checkpoint import load_state_dict_strict, read_checkpoint
 from vrpsr_plugin.archs.codec_embedding import CodecEmbedding
+from vrpsr_plugin.archs.condition_heads import check_condition
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
 
 # LoRA targets of S3Diff (its VAE adapter covers the encoder only: the decoder stays the pretrained one).
@@ -49,17 +50,12 @@ def straight_through_clamp(x: torch.Tensor, low: float = 0.0, high: float = 1.0)
 
 
 def check_image_and_condition(x: torch.Tensor, cond: torch.Tensor, num_scalars: int) -> None:
-    """Raise ValueError unless ``x`` is B x 3 x H x W float and ``cond`` is a finite B x ``num_scalars`` tensor."""
+    """Raise ValueError unless ``x`` is B x 3 x H x W float; then check ``cond`` with
+    :func:`~vrpsr_plugin.archs.condition_heads.check_condition`."""
     if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
         raise ValueError(f'x must be a float B x 3 x H x W tensor, got '
                          f'{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}')
-    if not torch.is_tensor(cond) or cond.dim() != 2 or cond.shape[1] != num_scalars:
-        raise ValueError(f'cond must be a B x {num_scalars} tensor (CodecCondition.collate), got '
-                         f'{tuple(cond.shape) if torch.is_tensor(cond) else type(cond).__name__}')
-    if cond.shape[0] != x.shape[0]:
-        raise ValueError(f'batch sizes differ: x has {x.shape[0]}, cond has {cond.shape[0]}')
-    if not torch.isfinite(cond).all() or (cond[:, -1] < 0).any():
-        raise ValueError('cond must be finite with bpp (last column) >= 0')
+    check_condition(cond, x, num_scalars)
 
 
 def conditions_from_tensor(cond: torch.Tensor, codecs: Sequence[str]) -> List[CodecCondition]:
