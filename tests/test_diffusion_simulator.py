@@ -208,6 +208,28 @@ def test_gradient_checkpointing_keeps_gradients(sd_path, small):
     torch.testing.assert_close(grads[0][1], grads[1][1])
 
 
+@pytest.mark.parametrize('frozen', [True, False])
+def test_gradient_checkpointing_with_interleaved_conditions(sd_path, small, frozen):
+    """Stage 2 runs f(X', c), then f(X, c') for the target, then backward: blocks recomputed during backward must
+    read c (the FiLM parameters of their own call), not the c' of the last call (frozen simulator or trained)."""
+    other = CodecCondition.collate([CodecCondition('libx265', 1.7), CodecCondition('libx264', 0.02)])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = DiffusionCodecSimulator(sd_path, gradient_checkpointing=checkpointing, **OPTS).train()
+        perturb_trainable(model, scale=0.5)
+        model.requires_grad_(not frozen)
+        x = small.clone().requires_grad_(True)
+        y = model(x, COND)
+        with torch.no_grad():
+            model(small.flip(-1), other)
+        y.square().mean().backward()
+        grads.append([x.grad] + ([] if frozen else [model.film_heads['up_blocks_1_resnets_0'].weight.grad]))
+    for got, want in zip(grads[1], grads[0]):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_basicsr_build_save_load_round_trip(sd_path, small, tmp_path):
     opt = {'type': 'DiffusionCodecSimulator', 'pretrained_model_name_or_path': sd_path, **OPTS}
     torch.manual_seed(0)

@@ -81,29 +81,61 @@ def check_prompts(prompts: Sequence[str], conditions: Sequence[CodecCondition]) 
 
 
 class _FilmContext:
-    """Per-forward FiLM parameters read by the norm2 hooks; never deep-copied (it holds autograd tensors)."""
+    """The condition of the current UNet call (FiLM parameters flattened, time-embedding offset), set just
+    before the call and read once by the time-embedding hook; never deep-copied (it holds autograd tensors)."""
 
     def __init__(self) -> None:
-        self.params: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.film: Optional[torch.Tensor] = None
+        self.time: Optional[torch.Tensor] = None
+        self.base_width, self.base_dtype = 0, torch.float32
 
     def __deepcopy__(self, memo: Dict) -> '_FilmContext':
         return _FilmContext()
 
 
+def _time_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook on the UNet's time embedding: add the codec embedding head's output (§3.2.3) and append the
+    flattened FiLM parameters. The time embedding ``temb`` is an argument of every (checkpointed) ResnetBlock2D
+    call, so a block recomputed during backward reads the FiLM parameters of its own call, not those of a later
+    call with another condition."""
+    context = module._vrpsr_time
+    film, time, context.film, context.time = context.film, context.time, None, None  # consumed by this call
+    context.base_width, context.base_dtype = output.shape[-1], output.dtype
+    if time is not None:
+        output = output + time.to(output.dtype)
+    # the FiLM part keeps its precision (fp32) in the concatenation; the pre-hook restores the base dtype
+    return output if film is None else torch.cat([output.to(film.dtype), film], dim=-1)
+
+
+def _film_pre_hook(block: nn.Module, args: Tuple, kwargs: Dict) -> Tuple[Tuple, Dict]:
+    """Forward pre-hook on a ResnetBlock2D: cut this block's (gamma, beta) out of ``temb`` for its norm2 hook
+    and hand the block the plain time embedding."""
+    context, start, channels = block._vrpsr_film
+    args, kwargs = list(args), dict(kwargs)
+    temb = kwargs['temb'] if 'temb' in kwargs else args[1]
+    if temb is not None and temb.shape[-1] > context.base_width:
+        block.norm2._vrpsr_params = temb[:, context.base_width + start:context.base_width + start + 2 * channels
+                                         ].chunk(2, dim=1)
+        temb = temb[:, :context.base_width].to(context.base_dtype)
+    if 'temb' in kwargs:
+        kwargs['temb'] = temb
+    else:
+        args[1] = temb
+    return tuple(args), kwargs
+
+
+def _film_release_hook(block: nn.Module, args: Tuple, output: torch.Tensor) -> None:
+    """Forward hook on a ResnetBlock2D: drop the (gamma, beta) its norm2 used."""
+    block.norm2._vrpsr_params = None
+
+
 def _film_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
     """Forward hook on a ResnetBlock2D's norm2: h * (1 + gamma) + beta (identity when no condition is set)."""
-    context, name = module._vrpsr_film
-    params = context.params.get(name)
+    params = getattr(module, '_vrpsr_params', None)
     if params is None:
         return output
     gamma, beta = params
     return output * (1 + gamma.to(output.dtype)[:, :, None, None]) + beta.to(output.dtype)[:, :, None, None]
-
-
-def _time_hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook on the UNet's time embedding: add the codec embedding head's output (§3.2.3)."""
-    offset = module._vrpsr_time.params.get('time')
-    return output if offset is None else output + offset.to(output.dtype)
 
 
 class OneStepCodecDiffusion(nn.Module):
@@ -182,16 +214,21 @@ class OneStepCodecDiffusion(nn.Module):
             self.film_trunk = nn.Sequential(nn.Linear(self.embedding.out_dim, film_hidden), nn.SiLU(),
                                             nn.Linear(film_hidden, film_hidden), nn.SiLU())
         if film:
+            start = 0
             for name, block in self.unet.named_modules():
                 if isinstance(block, ResnetBlock2D):
-                    key = name.replace('.', '_')
-                    self.film_heads[key] = self._zero_linear(film_hidden, 2 * block.norm2.num_channels)
-                    block.norm2._vrpsr_film = (self._film_context, key)
+                    channels = block.norm2.num_channels
+                    self.film_heads[name.replace('.', '_')] = self._zero_linear(film_hidden, 2 * channels)
+                    block._vrpsr_film = (self._film_context, start, channels)
+                    start += 2 * channels
+                    block.register_forward_pre_hook(_film_pre_hook, with_kwargs=True)
+                    block.register_forward_hook(_film_release_hook)
                     block.norm2.register_forward_hook(_film_hook)
             if not self.film_heads:
                 raise ValueError(f'{path}: the UNet has no ResnetBlock2D to condition')
         if time_embedding:
             self.time_head = self._zero_linear(film_hidden, self.unet.time_embedding.linear_2.out_features)
+        if film or time_embedding:
             self.unet.time_embedding._vrpsr_time = self._film_context
             self.unet.time_embedding.register_forward_hook(_time_hook)
 
@@ -314,15 +351,17 @@ class OneStepCodecDiffusion(nn.Module):
         return self._one_step(x, cond, text)
 
     def _set_condition(self, cond: torch.Tensor) -> None:
-        params = self._film_context.params
-        params.clear()
+        """FiLM parameters (concatenated in ResnetBlock2D order) and time offset of ``cond`` for the next UNet
+        call; the time-embedding hook consumes them."""
+        context = self._film_context
+        context.film = context.time = None
         if self.film_trunk is None:
             return
         hidden = self.film_trunk(self.embedding(cond.float()))
-        for key, head in self.film_heads.items():
-            params[key] = head(hidden).chunk(2, dim=1)
+        if self.film_heads:
+            context.film = torch.cat([head(hidden) for head in self.film_heads.values()], dim=1)
         if self.time_head is not None:
-            params['time'] = self.time_head(hidden)
+            context.time = self.time_head(hidden)
 
     def _one_step(self, x: torch.Tensor, cond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
