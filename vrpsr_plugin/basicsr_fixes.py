@@ -1,9 +1,12 @@
-"""Device-agnostic replacement for the one part of basicsr 1.4.2's train pipeline that assumes CUDA.
+"""Replacements for the parts of basicsr 1.4.2's train pipeline that assume CUDA or replay samples.
 
 basicsr's ``train.load_resume_state`` maps the resume state onto ``torch.cuda.current_device()``, which fails on
 a CPU machine. Ours loads it on the CPU (each model moves tensors to ``self.device`` itself) and turns a corrupt
 or truncated state file into an error that names the file. Applied by our train/test entry points; site-packages
 is never patched on disk.
+
+The train pipeline's sampler becomes :class:`~vrpsr_plugin.data.fresh_draws.FreshDrawSampler`, which gives the
+plugin's datasets a fresh, reproducible draw every epoch.
 """
 import os
 from typing import Any, Dict, Optional
@@ -38,5 +41,7 @@ def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def apply() -> None:
-    """Install the replacement into basicsr's train module (idempotent)."""
+    """Install the replacements into basicsr's train module (idempotent)."""
+    from vrpsr_plugin.data.fresh_draws import FreshDrawSampler
     basicsr_train.load_resume_state = load_resume_state
+    basicsr_train.EnlargedSampler = FreshDrawSampler

@@ -5,8 +5,9 @@ the ground-truth crop with that real codec, and returns the *measured* bpp as th
 the rate-target mapping of Eq. 4). With ``dataroot_bank`` the encodes come from a codec bank
 (:mod:`vrpsr_plugin.data.codec_bank`) at the bank's QP grid instead of being computed on the fly.
 
-Every draw of sample ``i`` (crop, flips, codec, QP) comes from its own generator seeded by ``(seed, i)``, so a
-sample is the same in every worker, run and resumed run. Options follow BasicSR's conventions: ``dataroot_gt`` +
+Every draw of sample ``i`` (crop, flips, codec, QP) comes from its own generator seeded by ``(seed, epoch, i)``
+(:mod:`vrpsr_plugin.data.fresh_draws`): fresh every epoch, and the same in every worker, run and resumed run.
+Options follow BasicSR's conventions: ``dataroot_gt`` +
 ``io_backend: {type: disk}`` (a folder, or ``meta_info`` listing files) or ``{type: lmdb}`` (keys from the lmdb's
 ``meta_info.txt``); the bank is read with the same backend type.
 """
@@ -22,6 +23,7 @@ from torch.utils import data
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
 from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.data.codec_bank import load_bank_index
+from vrpsr_plugin.data.fresh_draws import FreshDrawMixin
 
 _IMG_SUFFIX = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -95,7 +97,7 @@ def augment_pair(images: List[np.ndarray], rng: np.random.Generator, hflip: bool
 
 
 @DATASET_REGISTRY.register()
-class CodecSimulatorDataset(data.Dataset):
+class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
     """{'gt': X, 'codec_out': real codec output, 'cond': [onehot, bpp], 'qp', 'codec', 'gt_path'} (Eq. 4/6).
 
     Options: dataroot_gt, io_backend, meta_info, codecs, qps | qp_range, gt_size (None: whole image), align (16),
@@ -155,7 +157,7 @@ class CodecSimulatorDataset(data.Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         from vrpsr_plugin.codecs import encode
         key = self.keys[index % len(self.keys)]
-        rng = np.random.default_rng([self.seed, index])
+        rng = np.random.default_rng(self.draw_seed(index))
         codec = self.codecs[int(rng.integers(len(self.codecs)))]
         qp = self.qps[int(rng.integers(len(self.qps)))]
         if self.bank:

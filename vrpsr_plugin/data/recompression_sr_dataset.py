@@ -9,7 +9,8 @@ at QP q - ``target_qp_offset``) (10 in the paper, Eq. 7).
 
 Returns ``lq`` (X~), ``gt`` (X), ``cond``, ``cond_target``, ``qp``, ``qp_target``, ``codec``, ``lq_codec`` (X_bar,
 the real codec output of X~ at q), ``gt_codec`` (the real codec output of X at q - offset) and ``gt_path``. Every
-draw of sample ``i`` comes from generators seeded by ``(seed, i)``: identical in every worker, run and resume.
+draw of sample ``i`` comes from generators seeded by ``(seed, epoch, i)`` (:mod:`vrpsr_plugin.data.fresh_draws`):
+fresh every epoch, identical in every worker, run and resume.
 """
 from typing import Any, Dict
 
@@ -23,10 +24,11 @@ from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.data.codec_simulator_dataset import (augment_pair, decode_rgb, gt_keys, random_crop_box,
                                                         sample_qps)
 from vrpsr_plugin.data.degradation import HighOrderDegradation, seeded
+from vrpsr_plugin.data.fresh_draws import FreshDrawMixin
 
 
 @DATASET_REGISTRY.register()
-class RecompressionSRDataset(data.Dataset):
+class RecompressionSRDataset(FreshDrawMixin, data.Dataset):
     """(X~, X, c, c') for recompression-aware SR (Eq. 1-3, 7).
 
     Options: dataroot_gt, io_backend, meta_info, gt_size (None: whole image), scale (1, 2 or 4), codecs,
@@ -74,7 +76,7 @@ class RecompressionSRDataset(data.Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         from vrpsr_plugin.codecs import encode
         key = self.keys[index % len(self.keys)]
-        rng = np.random.default_rng([self.seed, index])
+        rng = np.random.default_rng(self.draw_seed(index))
         gt = self._read(key)
         top, left, h, w = random_crop_box(*gt.shape[:2], self.gt_size, rng, self.align)
         gt = augment_pair([gt[top:top + h, left:left + w]], rng, self.opt.get('use_hflip', False),
@@ -83,7 +85,7 @@ class RecompressionSRDataset(data.Dataset):
         qp = self.qps[int(rng.integers(len(self.qps)))]
         qp_target = max(qp - self.qp_offset, self.qp_min[codec])
         gt_t = rgb_to_tensor(gt)
-        with seeded([self.seed, index, 1]):
+        with seeded([*self.draw_seed(index), 1]):
             lq_t = self.degradation(gt_t[None])[0]
         lq = (lq_t.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
         kwargs = self.opt.get('encode_kwargs', {})
