@@ -14,7 +14,7 @@ from vrpsr_plugin.archs.codec_aware_srvgg_arch import CodecAwareSRVGGNetCompact
 from vrpsr_plugin.archs.post_process_arch import CodecPostProcessNet
 from vrpsr_plugin.cli import main as vrpsr
 from vrpsr_plugin.codecs.condition import CodecCondition
-from vrpsr_plugin.export import export_plain, fold_condition
+from vrpsr_plugin.export import ExportError, export_plain, fold_condition
 from vrpsr_plugin.inference import save_model
 
 CONDITION = CodecCondition('libx265', 0.2)
@@ -96,15 +96,58 @@ def test_cli_export(tmp_path, photo, capsys):
     x = to_tensor(crop(photo, 16))
     _, result = spandrel_output(out, x)
     assert (result - conditioned(model, x, CodecCondition('libvvenc', 0.05))).abs().max() < 1e-4
-    with pytest.raises(ValueError, match="codec 'libaom' is not one of the conditioned codecs"):
-        vrpsr(['export', str(ckpt), '--codec', 'libaom', '--bpp', '0.05', '-o', str(out)])
+    assert vrpsr(['export', str(ckpt), '--codec', 'libaom', '--bpp', '0.05', '-o', str(out)]) == 2
+    assert "vrpsr export: error: codec 'libaom' is not one of the conditioned codecs" in capsys.readouterr().err
 
 
-def test_export_rejects_nets_without_a_plain_form(tmp_path):
+def test_export_rejects_nets_without_a_plain_form(tmp_path, capsys):
     with pytest.raises(TypeError, match='cannot fold the condition of CodecPostProcessNet'):
         export_plain(CodecPostProcessNet(num_feat=8, num_block=1), CONDITION, str(tmp_path / 'x.pth'))
     plain = tmp_path / 'plain.pth'
     torch.save({'params_ema': RRDBNet(3, 3, num_feat=8, num_block=1, num_grow_ch=8).state_dict()}, plain)
-    with pytest.raises(SystemExit, match='not a codec-aware network'):
-        vrpsr(['export', str(plain), '--codec', 'libx265', '--bpp', '0.2', '-o', str(tmp_path / 'out.pth')])
+    assert vrpsr(['export', str(plain), '--codec', 'libx265', '--bpp', '0.2', '-o', str(tmp_path / 'out.pth')]) == 2
+    assert 'not a codec-aware network' in capsys.readouterr().err
     assert not (tmp_path / 'x.pth').exists() and not (tmp_path / 'out.pth').exists()
+
+
+def test_export_of_non_finite_weights_fails_and_writes_nothing(tmp_path, capsys):
+    """Issue 16 item 2: NaN weights made the tolerance test (error > tol) false and the export exit 0."""
+    model = CodecAwareSRVGGNetCompact(num_feat=8, num_conv=2).eval()
+    with torch.no_grad():
+        model.body[0].weight[0, 0, 0, 0] = float('nan')
+    ckpt, out = tmp_path / 'nan.pth', tmp_path / 'plain.pth'
+    save_model(model, str(ckpt))
+    assert vrpsr(['export', str(ckpt), '--codec', 'libx265', '--bpp', '0.2', '-o', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert 'differs from the conditioned net by nan' in err and 'non-finite weights' in err
+    assert sorted(os.listdir(tmp_path)) == ['nan.pth']  # nothing written, no temporary file
+    perturb_heads(model, std=0.3)  # a finite net beyond a (tiny) tolerance also writes nothing
+    with torch.no_grad():
+        model.body[0].weight[0, 0, 0, 0] = 0.5
+    with pytest.raises(ExportError, match="tolerance 1e-30"):
+        export_plain(model, CONDITION, str(out), tolerance=1e-30)
+    assert not out.exists()
+
+
+def test_export_user_errors_are_one_line(tmp_path, capsys):
+    """Issue 16 item 7: missing model, corrupt checkpoint (without torch's weights_only advice), wrong shapes
+    (naming the expected arch): one `vrpsr export: error:` line, status 2; the traceback only with --debug."""
+    args = ['--codec', 'libx265', '--bpp', '0.2', '-o', str(tmp_path / 'out.pth')]
+    assert vrpsr(['export', str(tmp_path / 'absent.pth'), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('vrpsr export: error: no model file') and err.count('\n') == 1
+    garbage = tmp_path / 'garbage.pth'
+    garbage.write_bytes(b'not a checkpoint' * 10)
+    assert vrpsr(['export', str(garbage), *args]) == 2
+    err = capsys.readouterr().err
+    assert 'garbage.pth' in err and 'weights_only' not in err and err.count('\n') == 1
+    model = CodecAwareSRVGGNetCompact(num_feat=8, num_conv=2)
+    state = {k: v for k, v in model.state_dict().items()}
+    state['body.0.weight'] = torch.zeros(4, 3, 3, 3)
+    torch.save({'params_ema': state, 'arch': model.arch_spec}, tmp_path / 'shape.pth')
+    assert vrpsr(['export', str(tmp_path / 'shape.pth'), *args]) == 2
+    err = capsys.readouterr().err
+    assert 'expected arch CodecAwareSRVGGNetCompact(' in err and 'num_feat=8' in err and 'body.0.weight' in err
+    assert vrpsr(['--debug', 'export', str(garbage), *args]) == 2
+    assert 'Traceback' in capsys.readouterr().err
+    assert not (tmp_path / 'out.pth').exists()

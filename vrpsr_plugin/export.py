@@ -10,6 +10,7 @@ The result is a plain RRDBNet / SRVGGNetCompact state dict saved as ``{'params_e
 Real-ESRGAN's inference, spandrel and ComfyUI's upscale loader load unchanged.
 """
 import argparse
+import math
 from typing import Dict, List, Tuple
 
 import torch
@@ -21,6 +22,7 @@ from vrpsr_plugin.archs.codec_aware_srvgg_arch import CodecAwareSRVGGNetCompact
 from vrpsr_plugin.archs.condition_heads import HEADS_PREFIX
 from vrpsr_plugin.codecs.condition import CodecCondition
 from vrpsr_plugin.atomic_io import torch_save
+from vrpsr_plugin.commands import UserError
 from vrpsr_plugin.inference import build_from_spec, load_model
 
 # ResidualDenseBlock.forward in basicsr returns x5 * 0.2 + x
@@ -54,21 +56,40 @@ def fold_condition(model: nn.Module, condition: CodecCondition) -> Tuple[Dict[st
     return spec, state
 
 
-def export_plain(model: nn.Module, condition: CodecCondition, path: str) -> nn.Module:
-    """Fold ``condition`` into ``model`` and write the plain checkpoint ``{'params_ema': state}`` atomically.
-    Returns the plain network (basicsr's RRDBNet / SRVGGNetCompact) loaded with that state."""
+class ExportError(UserError):
+    """The folded network does not reproduce the conditioned one (non-finite weights, or beyond tolerance)."""
+
+
+def export_plain(model: nn.Module, condition: CodecCondition, path: str, tolerance: float = 1e-4) -> nn.Module:
+    """Fold ``condition`` into ``model``, check the plain net against ``model(x, c)`` on a seeded probe image and
+    only then write the plain checkpoint ``{'params_ema': state}`` atomically. Returns the plain network
+    (basicsr's RRDBNet / SRVGGNetCompact). Raises :class:`ExportError`, writing nothing, when the error is not
+    finite (NaN/inf weights) or exceeds ``tolerance``."""
     spec, state = fold_condition(model, condition)
     plain = build_from_spec(spec)
     load_state_dict_strict(plain, state, source='folded state')
+    plain = plain.to(next(model.parameters()).device).eval()
+    error = max_fold_error(model, plain, condition, probe_image(model))
+    if not error <= tolerance:  # also true for NaN
+        why = '; the checkpoint holds non-finite weights' if not math.isfinite(error) else ''
+        raise ExportError(f'the export differs from the conditioned net by {error:.2e} (tolerance {tolerance:g}) '
+                          f'on a probe image{why}; {path} not written')
     torch_save({'params_ema': state}, path)
-    return plain.to(next(model.parameters()).device).eval()
+    return plain
+
+
+def probe_image(model: nn.Module) -> torch.Tensor:
+    """The seeded 1 x 3 x 32 x 32 image the export is checked on, on the model's device."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, 32, 32, generator=generator).to(next(model.parameters()).device)
 
 
 def max_fold_error(model: nn.Module, plain: nn.Module, condition: CodecCondition, images: torch.Tensor) -> float:
-    """max |model(x, c) - plain(x)| over ``images`` (B x 3 x H x W in [0, 1])."""
+    """max |model(x, c) - plain(x)| over ``images`` (B x 3 x H x W in [0, 1]); NaN if either output is."""
     cond = condition.vector(model.codecs)[None].expand(images.shape[0], -1).to(images.device)
     with torch.no_grad():
-        return (model(images, cond) - plain(images)).abs().max().item()
+        diff = (model(images, cond) - plain(images)).abs()
+    return float('nan') if diff.isnan().any() else diff.max().item()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,18 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load, fold, save, then check the plain export against the conditioned net on a probe image."""
+    """Load, fold, check the plain export against the conditioned net on a probe image, then save."""
     model = load_model(args.checkpoint)
     if not getattr(model, 'codec_aware', False):
-        raise SystemExit(f'{args.checkpoint} is not a codec-aware network; nothing to fold')
+        raise ExportError(f'{args.checkpoint} is not a codec-aware network; nothing to fold')
     condition = CodecCondition(args.codec, args.bpp)
-    plain = export_plain(model, condition, args.output)
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.rand(1, 3, 32, 32, generator=generator).to(next(model.parameters()).device)
-    error = max_fold_error(model, plain, condition, probe)
+    plain = export_plain(model, condition, args.output, args.tolerance)
+    error = max_fold_error(model, plain, condition, probe_image(model))
     print(f'wrote {args.output}: plain {type(plain).__name__} for {condition.codec} at {condition.bpp} bpp; '
           f'max |conditioned - plain| = {error:.2e} on a probe image')
-    if error > args.tolerance:
-        print(f'error: the export differs by more than {args.tolerance:g}')
-        return 1
     return 0

@@ -17,7 +17,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vrpsr_plugin.atomic_io import torch_save
-from vrpsr_plugin.archs.checkpoint import load_state_dict_strict, unwrap_state_dict
+from vrpsr_plugin.archs.checkpoint import load_checkpoint_file, load_state_dict_strict, unwrap_state_dict
 from vrpsr_plugin.archs.condition_heads import HEADS_PREFIX
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS
 
@@ -84,14 +84,7 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
 
 
 def _load_checkpoint(path: str, overrides: Dict[str, Any]) -> nn.Module:
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        raw: Any = load_file(path, device='cpu')
-    else:
-        try:
-            raw = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as err:
-            raise RuntimeError(f'cannot read checkpoint {path!r}: {err}') from err
+    raw = load_checkpoint_file(path)
     spec = raw.get('arch') if isinstance(raw, Mapping) and isinstance(raw.get('arch'), Mapping) else None
     state = unwrap_state_dict(raw, source=path)
     spec = dict(spec) if spec is not None else detect_arch(state, overrides)
@@ -113,7 +106,7 @@ def _load_option_file(path: str, overrides: Dict[str, Any]) -> nn.Module:
     net_opt = copy.deepcopy(dict(opt['network_g']))
     net_opt.update(overrides)
     model = build_network(net_opt)
-    raw = torch.load(weights, map_location='cpu', weights_only=True)
+    raw = load_checkpoint_file(weights)
     key = path_opt.get('param_key_g', 'params')
     state = unwrap_state_dict(raw[key] if isinstance(raw, Mapping) and key in raw else raw, source=weights)
     load_weights(model, state, weights)

@@ -1,10 +1,45 @@
 """Checkpoint reading and strict loading shared by every arch (the authors' code loaded non-strictly and
 dropped keys silently; we never do)."""
 import os
+import re
 from typing import Any, Dict, Iterable, Mapping
 
 import torch
 from torch import nn
+
+from vrpsr_plugin.commands import UserError
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file is corrupt, truncated, not a checkpoint, or does not fit the network."""
+
+
+def _load_failure(err: Exception) -> str:
+    """A one-line reason for a failed ``torch.load(weights_only=True)``, without torch's advice to unpickle
+    arbitrary code (``weights_only=False``)."""
+    text = str(err)
+    found = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)', text, re.S)
+    if found and 'Unsupported global' in found.group(1):
+        return f'it holds Python objects, not only tensors ({found.group(1).strip()}); it is not loaded'
+    if found or 'Weights only load failed' in text:
+        return 'not a PyTorch checkpoint'
+    return text.split('. ')[0].strip()
+
+
+def load_checkpoint_file(path: str) -> Any:
+    """The object stored in a ``.pth`` (tensors only, ``weights_only=True``) or ``.safetensors`` file, on the CPU.
+    A missing, truncated or non-checkpoint file raises an error naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        if path.endswith('.safetensors'):
+            from safetensors.torch import load_file
+            return load_file(path, device='cpu')
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f'cannot read checkpoint {path!r} (corrupt, truncated or not a checkpoint): '
+                              f'{_load_failure(err)}') from None
 
 
 def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
@@ -13,18 +48,7 @@ def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     Accepts BasicSR's ``{'params_ema': ...}`` / ``{'params': ...}`` layouts (``params_ema`` preferred) and bare
     state dicts. A missing, truncated or non-checkpoint file raises an error naming the file.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    try:
-        if str(path).endswith('.safetensors'):
-            from safetensors.torch import load_file
-            obj = load_file(str(path), device='cpu')
-        else:
-            obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f'cannot read checkpoint {path!r} (corrupt, truncated or not a checkpoint): '
-                           f'{err}') from err
-    return unwrap_state_dict(obj, source=str(path))
+    return unwrap_state_dict(load_checkpoint_file(path), source=str(path))
 
 
 def unwrap_state_dict(obj: Any, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
@@ -35,7 +59,7 @@ def unwrap_state_dict(obj: Any, source: str = 'checkpoint') -> Dict[str, torch.T
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise RuntimeError(f'{source} does not hold a state dict of tensors')
+        raise CheckpointError(f'{source} does not hold a state dict of tensors')
     # DataParallel/DDP checkpoints prefix every key with "module."
     return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in obj.items()}
 
@@ -54,5 +78,13 @@ def load_state_dict_strict(module: nn.Module, state: Mapping[str, torch.Tensor],
         parts = [f'{name} ({len(keys)}): {", ".join(keys[:20])}{" ..." if len(keys) > 20 else ""}'
                  for name, keys in (('missing', missing), ('unexpected', unexpected),
                                     ('shape mismatch', mismatched)) if keys]
-        raise RuntimeError(f'{source} does not match {type(module).__name__}; ' + '; '.join(parts))
+        raise CheckpointError(f'{source} does not match the expected arch {describe_arch(module)}; '
+                              + '; '.join(parts))
     module.load_state_dict(state, strict=False)
+
+
+def describe_arch(module: nn.Module) -> str:
+    """``Name(option=value, ...)`` from the module's ``arch_spec`` (codec-aware nets), else its class name."""
+    spec = dict(getattr(module, 'arch_spec', None) or {})
+    name = spec.pop('type', type(module).__name__)
+    return f'{name}({", ".join(f"{k}={v}" for k, v in spec.items())})' if spec else name
