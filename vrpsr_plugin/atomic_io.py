@@ -4,11 +4,12 @@ A write goes to a temporary file in the target folder and is moved over the targ
 reader (or a resumed run) sees the old file or the complete new one, never a partial one; the temporary file is
 removed on any failure, KeyboardInterrupt included.
 """
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Iterator, Union
 
 import cv2
 import numpy as np
@@ -17,8 +18,10 @@ import torch
 PathLike = Union[str, Path]
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(handle)`` on a temporary file next to ``path``, then move it onto ``path``."""
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary file next to ``path`` for a writer that needs a file name (e.g. ffmpeg), moved onto ``path``
+    when the block completes and removed on any failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
@@ -26,8 +29,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, 'wb') as handle:
-            write(handle)
+        os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,6 +13,7 @@ from vrpsr_plugin.commands import run_command
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     'compress': ('vrpsr_plugin.codecs.compress_cli', 'encode+decode one image with a real codec'),
+    'compress-video': ('vrpsr_plugin.codecs.compress_video_cli', 'code frames as one x264/x265 stream at a rate'),
     'export': ('vrpsr_plugin.export', 'fold a condition into a plain Real-ESRGAN checkpoint'),
     'prepare-bank': ('vrpsr_plugin.data.codec_bank', 'pre-encode a dataset at a grid of QPs'),
     'eval': ('vrpsr_plugin.evaluation.cli', 'rate-matched recompression benchmark'),

@@ -133,7 +133,7 @@ def _nal_type(bitstream: bytes, header: int, nal: str) -> int:
     return (bitstream[header + 1] >> 3) & 0x1F if header + 1 < len(bitstream) else -1  # vvc: second byte
 
 
-_SEI_TYPES = {'h264': (6,), 'hevc': (39, 40), 'vvc': (23, 24)}
+SEI_TYPES = {'h264': (6,), 'hevc': (39, 40), 'vvc': (23, 24)}
 
 
 def _strip_sei(bitstream: bytes, nal: str) -> bytes:
@@ -143,7 +143,7 @@ def _strip_sei(bitstream: bytes, nal: str) -> bytes:
     begins = [c - 1 if c > 0 and bitstream[c - 1] == 0 else c for c in codes]  # include a 4-byte code's zero
     ends = begins[1:] + [len(bitstream)]
     kept = [bitstream[b:e] for b, e, c in zip(begins, ends, codes)
-            if c + 3 >= len(bitstream) or _nal_type(bitstream, c + 3, nal) not in _SEI_TYPES[nal]]
+            if c + 3 >= len(bitstream) or _nal_type(bitstream, c + 3, nal) not in SEI_TYPES[nal]]
     return bitstream[:begins[0]] + b''.join(kept) if codes else bitstream
 
 

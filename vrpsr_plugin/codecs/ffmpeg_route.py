@@ -90,7 +90,7 @@ def require_encoder(ffmpeg: str, spec: CodecSpec) -> None:
                                       f'build at {ffmpeg}')
 
 
-def _option_args(options: Options) -> List[str]:
+def option_args(options: Options) -> List[str]:
     args: List[str] = []
     for key, value in options:
         args += [f'-{key}', value]
@@ -102,7 +102,7 @@ def encode_ffmpeg(raw: bytes, width: int, height: int, spec: CodecSpec, options:
     """Planar yuv420 ``raw`` -> the codec's elementary bitstream (one intra picture)."""
     require_encoder(ffmpeg, spec)
     args = ['-f', 'rawvideo', '-pix_fmt', spec.pix_fmt, '-s', f'{width}x{height}', '-r', '25', '-i', 'pipe:0',
-            '-frames:v', '1', '-c:v', spec.encoder, *_option_args(options), '-pix_fmt', spec.pix_fmt,
+            '-frames:v', '1', '-c:v', spec.encoder, *option_args(options), '-pix_fmt', spec.pix_fmt,
             '-f', spec.muxer, 'pipe:1']
     out = run_ffmpeg(ffmpeg, args, raw, timeout)
     if not out:
