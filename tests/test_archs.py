@@ -199,3 +199,16 @@ def test_registry_builds_all_archs_and_basicsr_discriminator():
     disc = build_network({'type': 'UNetDiscriminatorSN', 'num_in_ch': 3, 'num_feat': 8, 'skip_connection': True})
     assert type(disc).__name__ == 'UNetDiscriminatorSN'
     assert disc(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_condition_is_embedded_in_fp32_under_bf16():
+    """A bf16 feature map must not round the condition before the sinusoidal embedding (0.8765 bpp -> 0.875)."""
+    from vrpsr_plugin.archs.condition_heads import ConditionHeads
+    torch.manual_seed(0)
+    heads = ConditionHeads([16])
+    torch.nn.init.normal_(heads.heads[0][2].weight)
+    cond = CodecCondition.collate([CodecCondition('libx265', 0.8765)])
+    x = torch.zeros(1, 16, 4, 4)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        ref, got = heads(cond, x)[0].float(), heads(cond, x.bfloat16())[0].float()
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()

@@ -230,6 +230,66 @@ def test_gradient_checkpointing_with_interleaved_conditions(sd_path, small, froz
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_one_step_x0_is_computed_in_fp32_under_bf16(sd_path, small):
+    """x0 = (z - sqrt(1 - a) eps) / sqrt(a) amplifies eps ~15x at t=999: from the bf16 UNet output it must be
+    computed in fp32, so the decoder gets x0 to bf16 rounding (2^-8), not to bf16 arithmetic on a cancellation."""
+    torch.manual_seed(0)
+    model = DiffusionCodecSimulator(sd_path, autocast_dtype='bf16', **OPTS).eval()
+    seen = {}
+
+    def keep(name, value):
+        seen[name] = value  # returns None: the hooks change nothing
+    model.unet.register_forward_pre_hook(lambda m, args: keep('latent', args[0]))
+    model.unet.register_forward_hook(lambda m, args, out: keep('eps', out.sample))
+    model.vae.post_quant_conv.register_forward_pre_hook(lambda m, args: keep('x0', args[0]))
+    with torch.no_grad():
+        model(small, COND)
+    assert seen['eps'].dtype == torch.bfloat16
+    alpha = model.scheduler.alphas_cumprod[model.timestep].double()
+    ref = (seen['latent'].double() - (1 - alpha).sqrt() * seen['eps'].double()) / alpha.sqrt()
+    ref = ref / model.vae.config.scaling_factor
+    err = (seen['x0'].double() - ref).abs() / ref.abs().clamp_min(1e-2)
+    assert err.max() <= 2 ** -8
+
+
+def training_opt(sd_path, **network):
+    """A CodecSimulatorModel option dict around the tiny diffusion simulator (no data, no discriminator)."""
+    return {'model_type': 'CodecSimulatorModel', 'num_gpu': 0, 'is_train': True, 'dist': False, 'rank': 0,
+            'world_size': 1, 'scale': 1, 'path': {'pretrain_network_g': None},
+            'network_g': {'type': 'DiffusionCodecSimulator', 'pretrained_model_name_or_path': sd_path,
+                          **OPTS, **network},
+            'train': {'ema_decay': 0.9, 'optim_g': {'type': 'AdamW', 'lr': 1e-3},
+                      'scheduler': {'type': 'constant', 'total_steps': 10},
+                      'perceptual_opt': {'type': 'VRPSRPerceptualLoss', 'gan_weight': 0, 'mse_only': True,
+                                         'lpips_pretrained_backbone': False}},
+            'logger': {}}
+
+
+def test_fp16_training_scales_the_loss_and_skips_overflowing_steps(sd_path, small):
+    """fp16 needs a GradScaler: a step whose gradients overflow is skipped (weights stay finite and unchanged)
+    and the scale is lowered; bf16/fp32 training gets a disabled (no-op) scaler."""
+    from basicsr.models import build_model
+    torch.manual_seed(0)
+    model = build_model(training_opt(sd_path, autocast_dtype='fp16'))
+    assert model.grad_scaler.is_enabled()
+    model.net_g.autocast_dtype = torch.bfloat16
+    model.setup_grad_scaler([model.net_g], model.device)
+    assert not model.grad_scaler.is_enabled()
+    model.net_g.autocast_dtype = torch.float16
+    model.setup_grad_scaler([model.net_g], model.device)
+    batch = {'gt': small, 'cond': COND, 'codec_out': small.flip(-1)}
+    model.feed_data(batch)
+    model.optimize_parameters(1)  # a normal step
+    scale = model.grad_scaler.get_scale()
+    lora = next(p for n, p in model.net_g.named_parameters() if 'lora_B' in n)
+    before = lora.detach().clone()
+    lora.register_hook(lambda grad: torch.full_like(grad, float('inf')))
+    model.feed_data(batch)
+    model.optimize_parameters(2)
+    assert torch.equal(lora.detach(), before)
+    assert model.grad_scaler.get_scale() < scale
+
+
 def test_basicsr_build_save_load_round_trip(sd_path, small, tmp_path):
     opt = {'type': 'DiffusionCodecSimulator', 'pretrained_model_name_or_path': sd_path, **OPTS}
     torch.manual_seed(0)

@@ -48,7 +48,8 @@ class ConditionHeads(nn.Module):
 
     def forward(self, cond: torch.Tensor, x: torch.Tensor) -> List[torch.Tensor]:
         cond = check_condition(cond, x, self.embedding.num_scalars)
-        t = self.embedding(cond.to(device=x.device, dtype=x.dtype))
+        # embed in fp32: a bf16 bpp (0.8765 -> 0.875) moves the high-frequency sinusoids completely
+        t = self.embedding(cond.to(device=x.device, dtype=torch.float32)).to(x.dtype)
         return [head(t)[:, :, None, None] for head in self.heads]
 
 

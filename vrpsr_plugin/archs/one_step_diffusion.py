@@ -261,6 +261,11 @@ class OneStepCodecDiffusion(nn.Module):
         nn.init.zeros_(layer.bias)
         return layer
 
+    @property
+    def computes_in_fp16(self) -> bool:
+        """True when the forward runs in float16 (autocast or base weights): training then scales the loss."""
+        return torch.float16 in (self.autocast_dtype, self.unet.dtype)
+
     # ----------------------------------------------------------------- trainable part / checkpoints
     @staticmethod
     def is_trainable_key(key: str) -> bool:
@@ -378,8 +383,9 @@ class OneStepCodecDiffusion(nn.Module):
             latent = latent * self.vae.config.scaling_factor
             timesteps = torch.full((x.shape[0],), self.timestep, device=x.device, dtype=torch.long)
             pred = self.unet(latent, timesteps, encoder_hidden_states=text.to(latent.dtype)).sample
-            x0 = self.scheduler.step(pred, self.timestep, latent).pred_original_sample
-            out = self.vae.decode(x0 / self.vae.config.scaling_factor).sample
+            # x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t) amplifies eps ~15x at t=999: computed in fp32
+            x0 = self.scheduler.step(pred.float(), self.timestep, latent.float()).pred_original_sample
+            out = self.vae.decode((x0 / self.vae.config.scaling_factor).to(latent.dtype)).sample
         out = (out.float()[..., :height, :width] + 1) / 2
         return straight_through_clamp(out)
 

@@ -44,6 +44,8 @@ class CodecLoopModel(AccumulationMixin, SRModel):
                 self.load_network(self.net_d, path, self.opt['path'].get('strict_load_d', True), 'params')
             self.net_d.train()
         super().init_training_settings()  # EMA, losses, optimisers, schedulers (ours below)
+        self.setup_grad_scaler([self.get_bare_model(n) for n in (self.net_g, *self.extra_networks().values())],
+                               self.device)
         if not isinstance(self.cri_perceptual, VRPSRPerceptualLoss):
             raise ValueError('train.perceptual_opt must be {type: VRPSRPerceptualLoss, ...}')
         if self.cri_perceptual.uses_gan and self.net_d is None:
@@ -92,9 +94,7 @@ class CodecLoopModel(AccumulationMixin, SRModel):
             self.backward(l_d_real + l_d_fake)
             loss_dict['l_d_real'], loss_dict['l_d_fake'] = l_d_real, l_d_fake
         if self.is_step_due(current_iter):
-            for optimizer in self.optimizers:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            self.step_optimizers(self.optimizers)
             for scheduler in self.schedulers:
                 scheduler.step()
             if self.ema_decay > 0:

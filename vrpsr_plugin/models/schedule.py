@@ -75,9 +75,24 @@ class AccumulationMixin:
         """Whether this iteration (1-based) ends an accumulation window."""
         return current_iter % self.accumulate == 0
 
+    def setup_grad_scaler(self, nets: Iterable[torch.nn.Module], device: torch.device) -> None:
+        """fp16 loss scaling (``torch.amp.GradScaler``) when a network the loss passes through computes in
+        float16 (``computes_in_fp16``); bf16 and fp32 need none and get a disabled scaler (a no-op)."""
+        fp16 = any(getattr(net, 'computes_in_fp16', False) for net in nets)
+        self.grad_scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward of a micro-batch loss scaled by 1/N (the mean over the accumulated batch)."""
-        (loss / self.accumulate).backward()
+        """Backward of a micro-batch loss scaled by 1/N (the mean over the accumulated batch) and by the fp16
+        loss scale."""
+        self.grad_scaler.scale(loss / self.accumulate).backward()
+
+    def step_optimizers(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
+        """Step and clear each optimiser through the scaler (an fp16 step with inf/NaN gradients is skipped and
+        the scale lowered), then update the scale."""
+        for optimizer in optimizers:
+            self.grad_scaler.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+        self.grad_scaler.update()
 
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
         """BasicSR calls this every iteration; our schedulers step with the optimiser instead (see step())."""
