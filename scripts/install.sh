@@ -11,5 +11,6 @@ $PIP "${TORCH_SPEC:-torch==2.13.0}"
 $PIP --no-deps torchvision==0.28.0
 # basicsr's setup_requires would pull a CUDA torch into an isolated build env.
 $PIP --no-build-isolation basicsr==1.4.2
-$PIP --no-build-isolation -e ".[dev]"
+# cluster: Ray for `--engine ray` (optional for users; installed here so its tests run)
+$PIP --no-build-isolation -e ".[dev,cluster]"
 $PY -c "import vrpsr_plugin, imageio_ffmpeg; print('vrpsr_plugin', vrpsr_plugin.__version__, 'ready; ffmpeg:', imageio_ffmpeg.get_ffmpeg_exe())"

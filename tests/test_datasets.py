@@ -9,7 +9,7 @@ import torch
 
 from vrpsr_plugin import cli
 from vrpsr_plugin.codecs import encode
-from vrpsr_plugin.data.codec_bank import load_bank_index, pack_lmdb, prepare_bank
+from vrpsr_plugin.data.codec_bank import CodecBank, prepare_bank
 from vrpsr_plugin.data.codec_simulator_dataset import CodecSimulatorDataset
 from vrpsr_plugin.data.degradation import HighOrderDegradation
 from vrpsr_plugin.data.demo_images import write_demo_images
@@ -56,37 +56,24 @@ def test_simulator_dataset_on_the_fly(demo):
                                'qps': [3]})
 
 
-def test_codec_bank_resume_atomic_and_dataset(demo, tmp_path):
+def test_codec_bank_resume_atomic(demo, tmp_path):
     bank = str(tmp_path / 'bank')
-    index = prepare_bank(str(demo), bank, ['libx264'], [27, 37], crop=32, workers=2, progress=False)
-    assert len(index['items']) == 8  # 2 images x 4 tiles of 32 px
-    rec = os.path.join(bank, 'libx264', 'qp37', 'astronaut_00_s001.json')
-    png = rec[:-5] + '.png'
-    kept = os.path.join(bank, 'libx264', 'qp27', 'coffee_00_s002.png')
+    prepare_bank(str(demo), bank, ['libx264'], [27, 37], crop=32, workers=1, progress=False, shard_size=1)
+    assert len(CodecBank(bank).keys) == 8  # 2 images x 4 tiles of 32 px
+    shard = os.path.join(bank, 'libx264', 'qp37', '000000.json')
+    kept = os.path.join(bank, 'libx264', 'qp27', '000001.tar')
     kept_mtime = os.stat(kept).st_mtime_ns
-    os.remove(rec)  # an interrupted encode: its record is missing
-    os.remove(png)
-    index2 = prepare_bank(str(demo), bank, ['libx264'], [27, 37], crop=32, workers=1, progress=False)
+    os.remove(shard)  # an interrupted shard: its index (written last) is missing
+    bank2 = prepare_bank(str(demo), bank, ['libx264'], [27, 37], crop=32, workers=1, progress=False, shard_size=1)
     assert os.stat(kept).st_mtime_ns == kept_mtime  # finished work is not redone
-    assert os.path.isfile(rec) and index2 == load_bank_index(bank)
-    assert not [f for _, _, fs in os.walk(bank) for f in fs if f.startswith('.tmp_')]
-    with open(rec) as handle:
-        record = json.load(handle)
-    gt = cv2.cvtColor(cv2.imread(os.path.join(bank, 'gt', 'astronaut_00_s001.png')), cv2.COLOR_BGR2RGB)
-    assert record['bpp'] == pytest.approx(encode(gt, 'libx264', qp=37).bpp)
-
-    opt = {'dataroot_gt': str(demo), 'dataroot_bank': bank, 'io_backend': {'type': 'disk'},
-           'codecs': ['libx264'], 'gt_size': 16, 'seed': 0}
-    ds = CodecSimulatorDataset(opt)
-    sample = ds[5]
-    item = index2['items'][ds.keys[5]]
-    assert float(sample['cond'][-1]) == pytest.approx(item['codes']['libx264'][str(sample['qp'])]['bpp'])
-    assert sample['gt'].shape == sample['codec_out'].shape == (3, 16, 16)
-    lmdb_ds = CodecSimulatorDataset({**opt, 'dataroot_bank': pack_lmdb(bank), 'io_backend': {'type': 'lmdb'}})
-    lmdb_sample = lmdb_ds[5]
-    assert all(torch.equal(sample[k], lmdb_sample[k]) for k in ('gt', 'codec_out', 'cond'))
-    with pytest.raises(ValueError, match='lacks libx265'):
-        CodecSimulatorDataset({**opt, 'codecs': ['libx265']})
+    assert os.path.isfile(shard) and bank2.missing(['libx264'], [27, 37]) == []
+    assert not [f for _, _, fs in os.walk(bank) for f in fs if f.endswith('.tmp')]
+    decoded, record = bank2.coded('astronaut_00_s001', 'libx264', 37)
+    real = encode(bank2.gt('astronaut_00_s001'), 'libx264', qp=37)
+    assert record['bpp'] == pytest.approx(real.bpp) and np.array_equal(decoded, real.image)
+    with pytest.raises(ValueError, match='other images or another crop'):
+        prepare_bank(str(demo), bank, ['libx264'], [27], crop=16, workers=1, progress=False, shard_size=1)
+    assert CodecBank(bank).missing(['libx265'], [27]) == ['libx265 qp27']
 
 
 def test_prepare_bank_command(demo, tmp_path, capsys):

@@ -1,13 +1,15 @@
 """``vrpsr eval``: the rate-matched recompression benchmark of §4.1 (see docs/evaluation.md)."""
 import argparse
+import contextlib
 from pathlib import Path
 
 import torch
 
+from vrpsr_plugin.engine import Engine, add_engine_arguments
 from vrpsr_plugin.evaluation.bdrate import METHODS
 from vrpsr_plugin.evaluation.metric_suite import FID_MODES, METRICS, MetricSuite
 from vrpsr_plugin.evaluation.protocol import EvalConfig, Protocol, default_loader, parse_models
-from vrpsr_plugin.evaluation.run import evaluate
+from vrpsr_plugin.evaluation.run import evaluate, run_shards
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='also report metrics after an AdaIN colour fix applied after the codec')
     parser.add_argument('--simulator', default=None, help='also evaluate this codec simulator (Table 3, left)')
     parser.add_argument('--threads', type=int, default=None,
-                        help='torch CPU threads (1 is often fastest on a busy machine: small convolutions)')
+                        help='torch CPU threads (1 is often fastest on a busy machine: small convolutions); '
+                             'each worker\'s (default 1) with --workers > 1 or --engine ray')
+    add_engine_arguments(parser, default_workers='1 with --engine local (this process), the cluster\'s CPUs '
+                                                 'with --engine ray')
     parser.add_argument('--no-progress', action='store_true')
 
 
@@ -47,16 +52,21 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f'--threads must be >= 1, got {args.threads}')
         torch.set_num_threads(args.threads)
-    cfg = EvalConfig(data=args.data, out=args.out, models=parse_models(args.models), codecs=args.codecs,
-                     qps=args.qps, crfs=args.crf, size=args.size, scale=args.scale, baseline=args.baseline,
-                     device=args.device, tile=args.tile, color_fix=args.color_fix, bd_method=args.bd_method)
-    patch = args.fid_patch or min(256, args.size // 2)
-    suite = MetricSuite.load(args.metrics, args.device, args.lpips_weights, args.dists_weights, args.fid_weights,
-                             args.fid, patch)
-    for name, reason in suite.unavailable.items():
-        print(f'[vrpsr eval] {name} unavailable: {reason}')
-    protocol = Protocol.from_config(cfg, suite)
-    simulator = default_loader(args.simulator, args.device).eval() if args.simulator else None
-    evaluate(protocol, simulator, progress=not args.no_progress)
+    sharded = args.engine == 'ray' or (args.workers or 1) > 1  # else: every item in this process
+    with Engine(args.engine, args.workers, args.address) if sharded else contextlib.nullcontext() as engine:
+        cfg = EvalConfig(data=args.data, out=args.out, models=parse_models(args.models), codecs=args.codecs,
+                         qps=args.qps, crfs=args.crf, size=args.size, scale=args.scale, baseline=args.baseline,
+                         device=args.device, tile=args.tile, color_fix=args.color_fix, bd_method=args.bd_method)
+        suite_kwargs = dict(names=args.metrics, device=args.device, lpips_weights=args.lpips_weights,
+                            dists_weights=args.dists_weights, fid_weights=args.fid_weights, fid_mode=args.fid,
+                            fid_patch=args.fid_patch or min(256, args.size // 2))
+        suite = MetricSuite.load(**suite_kwargs)
+        for name, reason in suite.unavailable.items():
+            print(f'[vrpsr eval] {name} unavailable: {reason}')
+        protocol = Protocol.from_config(cfg, suite)
+        simulator = default_loader(args.simulator, args.device).eval() if args.simulator else None
+        if engine is not None:
+            run_shards(protocol, engine, suite_kwargs, args.threads or 1, progress=not args.no_progress)
+        evaluate(protocol, simulator, progress=not args.no_progress)
     print(f'[vrpsr eval] wrote {args.out / "results.md"}, results.json, per_image.csv and rd_*.png')
     return 0
