@@ -21,8 +21,8 @@ def _load_failure(err: Exception) -> str:
     found = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)', text, re.S)
     if found and 'Unsupported global' in found.group(1):
         return f'it holds Python objects, not only tensors ({found.group(1).strip()}); it is not loaded'
-    if found or 'Weights only load failed' in text:
-        return 'not a PyTorch checkpoint'
+    if found or 'Weights only load failed' in text or isinstance(err, (KeyError, EOFError)):
+        return 'not a PyTorch checkpoint'  # (torch's legacy reader fails with a KeyError on garbage)
     return text.split('. ')[0].strip()
 
 
