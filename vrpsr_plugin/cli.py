@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     'export': ('vrpsr_plugin.export', 'fold a condition into a plain Real-ESRGAN checkpoint'),
     'prepare-bank': ('vrpsr_plugin.data.codec_bank', 'pre-encode a dataset at a grid of QPs'),
     'eval': ('vrpsr_plugin.evaluation.cli', 'rate-matched recompression benchmark'),
+    'eic': ('vrpsr_plugin.eic.cli', 'ASSR-EIC image codec: encode/decode .vrp files'),
 }
 
 

@@ -35,12 +35,14 @@ class ConditionHeads(nn.Module):
     """
 
     def __init__(self, channels: Sequence[int], codecs: Sequence[str] = CONDITION_CODECS,
-                 emb_dim_per_scalar: int = 64, head_hidden: int = 64) -> None:
+                 emb_dim_per_scalar: int = 64, head_hidden: int = 64, extra_scalars: int = 0) -> None:
         super().__init__()
         if not codecs or len(set(codecs)) != len(codecs):
             raise ValueError(f'codecs must be a non-empty list of distinct names, got {codecs!r}')
         self.codecs = tuple(codecs)
-        self.embedding = CodecEmbedding(num_scalars=len(self.codecs) + 1, dim_per_scalar=emb_dim_per_scalar)
+        # ``extra_scalars`` columns follow the bpp (ASSR-EIC appends the rescaling factor s)
+        self.embedding = CodecEmbedding(num_scalars=len(self.codecs) + 1 + extra_scalars,
+                                        dim_per_scalar=emb_dim_per_scalar)
         self.heads = nn.ModuleList(ConditionHead(self.embedding.out_dim, c, head_hidden) for c in channels)
 
     def __len__(self) -> int:

@@ -1,0 +1,180 @@
+"""ASSR-EIC (seed 002): file format, real-codec decode, rate control, decoder metadata, data draws, smoke training,
+and the shipped decoder across s in [1, 8]."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from tests.conftest import REPO, crop
+from vrpsr_plugin.archs.assr_eic_arch import ASSREICNet, assr_condition
+from vrpsr_plugin.codecs import decode, encode
+from vrpsr_plugin.eic.container import HEADER_SIZE, EICFile, EICFormatError
+from vrpsr_plugin.eic.pipeline import (decode_bytes, default_decoder_path, encode_image, export_decoder,
+                                       load_decoder)
+
+TINY = dict(num_feat=8, num_block=1, mlp_hidden=16, codecs=['libx264', 'libx265', 'libvvenc'], emb_dim_per_scalar=8,
+            head_hidden=16)
+
+
+@pytest.fixture(scope='module')
+def tiny_decoder(tmp_path_factory):
+    """A tiny ASSREICNet (random, non-zero heads) exported for libx265, s in [1, 8], QP in [20, 51]."""
+    torch.manual_seed(0)
+    net = ASSREICNet(**TINY)
+    for module in (net.fid_head, net.gate_head):
+        torch.nn.init.normal_(module.weight, std=0.01)
+    root = tmp_path_factory.mktemp('eic')
+    torch.save({'params': net.state_dict()}, root / 'net.pth')
+    export_decoder(str(root / 'net.pth'), {'type': 'ASSREICNet', **TINY}, str(root / 'dec.safetensors'),
+                   ['libx265'], (1.0, 8.0), (20, 51), 'test')
+    return root / 'dec.safetensors'
+
+
+def test_container_roundtrip_and_bad_files():
+    eic = EICFile('libx265', 37, 300, 200, 75, 50, b'\x00\x00\x01' + bytes(range(40)))
+    data = eic.to_bytes()
+    assert len(data) == HEADER_SIZE + len(eic.bitstream)
+    assert EICFile.from_bytes(data) == eic
+    assert eic.scale == pytest.approx(4.0) and eic.bpp == pytest.approx(8 * len(data) / 60000)
+    with pytest.raises(EICFormatError, match='truncated'):
+        EICFile.from_bytes(data[:-5])
+    with pytest.raises(EICFormatError, match='truncated'):
+        EICFile.from_bytes(data[:10])
+    with pytest.raises(EICFormatError, match='not an ASSR-EIC file'):
+        EICFile.from_bytes(b'\x89PNG\r\n\x1a\n' + data)
+    flipped = bytearray(data)
+    flipped[HEADER_SIZE + 7] ^= 0x10
+    with pytest.raises(EICFormatError, match='checksum'):
+        EICFile.from_bytes(bytes(flipped))
+    with pytest.raises(EICFormatError, match='after the bitstream'):
+        EICFile.from_bytes(data + b'x')
+    newer = bytearray(data)
+    newer[4] = 9
+    with pytest.raises(EICFormatError, match='version 9'):
+        EICFile.from_bytes(bytes(newer))
+    with pytest.raises(ValueError, match='coded size'):
+        EICFile('libx265', 37, 30, 20, 75, 50, b'').to_bytes()
+
+
+def test_codec_decode_matches_encode(photo):
+    result = encode(photo[:, :98], 'libx265', qp=35)
+    assert np.array_equal(decode(result.bitstream, 'libx265', 128, 98), result.image)
+    from vrpsr_plugin.codecs import CodecError
+    with pytest.raises(CodecError):
+        decode(result.bitstream, 'libx265', 64, 98)
+
+
+def test_rate_control_meets_target_and_file_decodes(tiny_decoder):
+    decoder = load_decoder(tiny_decoder)
+    rgb = crop(skdata.astronaut(), 192, 20, 150)
+    for target in (0.08, 0.2):
+        result = encode_image(rgb, 'libx265', decoder, bpp=target, scales=(1, 2, 4))
+        bpp = 8.0 * len(result.data) / rgb[..., 0].size
+        assert 0.6 * target <= bpp <= target, (target, bpp)
+        assert result.chosen.psnr == max(c.psnr for c in result.candidates) and len(result.candidates) >= 2
+        assert all(c.bpp <= target for c in result.candidates)
+        restored = decode_bytes(result.data, decoder, name='x.vrp')
+        assert np.array_equal(restored, result.restored)  # the receiver gets what the encoder measured
+    with pytest.raises(ValueError, match='trained for codecs'):
+        encode_image(rgb, 'libx264', decoder, bpp=0.1)
+
+
+def test_decoder_serves_only_what_it_was_trained_for(tiny_decoder, tmp_path):
+    decoder = load_decoder(tiny_decoder)
+    rgb = crop(skdata.coffee(), 128, 50, 100)
+    coded = encode(rgb[:16, :16], 'libx265', qp=30)
+    with pytest.raises(ValueError, match=r's in \[1, 8\]'):
+        decoder.restore(coded.image, 'libx265', 30, (160, 160))  # s = 10
+    with pytest.raises(ValueError, match='QP in'):
+        decoder.restore(coded.image, 'libx265', 12, (64, 64))
+    not_a_decoder = tmp_path / 'x.safetensors'
+    from safetensors.torch import save_file
+    save_file({'w': torch.zeros(1)}, str(not_a_decoder))
+    with pytest.raises(RuntimeError, match='not an ASSR-EIC decoder'):
+        load_decoder(not_a_decoder)
+
+
+def test_cli_roundtrip_and_errors(tiny_decoder, tmp_path):
+    from PIL import Image
+    Image.fromarray(crop(skdata.chelsea(), 96, 40, 120)).save(tmp_path / 'in.png')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'vrpsr_plugin.cli', 'eic', *a], capture_output=True,
+                                    text=True, env=env, cwd=tmp_path, timeout=300)
+    enc = run('encode', 'in.png', 'out.vrp', '--qp', '30', '--scale', '2', '--decoder', str(tiny_decoder))
+    assert enc.returncode == 0, enc.stderr
+    assert 'bpp' in enc.stdout and (tmp_path / 'out.vrp').is_file()
+    dec = run('decode', 'out.vrp', 'rec.png', '--decoder', str(tiny_decoder))
+    assert dec.returncode == 0, dec.stderr
+    assert np.asarray(Image.open(tmp_path / 'rec.png')).shape == (96, 96, 3)
+    (tmp_path / 'cut.vrp').write_bytes((tmp_path / 'out.vrp').read_bytes()[:-3])
+    bad = run('decode', 'cut.vrp', 'never.png', '--decoder', str(tiny_decoder))
+    assert bad.returncode == 2 and 'truncated' in bad.stderr and not (tmp_path / 'never.png').exists()
+    foreign = run('info', 'in.png')
+    assert foreign.returncode == 2 and 'not an ASSR-EIC file' in foreign.stderr
+
+
+def test_dataset_draws_fresh_per_epoch_and_reproducibly(shared_dir):
+    from vrpsr_plugin.data.assr_eic_dataset import ASSREICDataset
+    opt = {'dataroot_gt': str(shared_dir / 'data' / 'CSet5'), 'io_backend': {'type': 'disk'}, 'qp_range': [20, 51],
+           'scale_range': [1, 8], 'lq_size': 32, 'patch_size': 16, 'seed': 3}
+    dataset = ASSREICDataset(opt)
+    first = dataset[1]
+    assert first['lq'].shape == (3, 32, 32) and first['gt'].shape == (3, 16, 16) and first['coords'].shape == (256, 2)
+    assert 1.0 <= float(first['scale']) <= 8.0
+    assert torch.equal(ASSREICDataset(opt)[1]['gt'], first['gt'])
+    dataset.set_epoch(1)
+    draws = [(float(dataset[1]['scale']), dataset[1]['qp'])]
+    dataset.set_epoch(2)
+    draws.append((float(dataset[1]['scale']), dataset[1]['qp']))
+    assert len({(float(first['scale']), first['qp']), *draws}) == 3
+
+
+def test_smoke_training_through_train_py(tmp_path):
+    from vrpsr_plugin.data.demo_images import write_demo_images
+    write_demo_images(tmp_path / 'datasets/demo/train', size=96, per_photo=1, names=['astronaut', 'coffee'])
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(tmp_path)}
+    proc = subprocess.run([sys.executable, '-m', 'vrpsr_plugin.train', '-opt', str(REPO / 'options/smoke/assr_eic.yml'),
+                           '--force_yml', 'train:total_iter=4', 'val:val_freq=4', 'logger:save_checkpoint_freq=4'],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert 'l_g_gan' in log and 'l_d_real' in log  # the discriminator joined after net_d_init_iters
+    assert 'psnr:' in log
+    models = tmp_path / 'experiments/smoke_assr_eic/models'
+    assert (models / 'net_g_4.pth').is_file() and (models / 'net_d_4.pth').is_file()
+
+
+def test_arch_any_scale_and_identity_at_init():
+    net = ASSREICNet(**TINY).eval()
+    x = torch.rand(1, 3, 16, 12)
+    for scale in (1.0, 2.5, 8.0):
+        out = net(x, assr_condition('libx265', 30, scale))
+        assert out.shape == (1, 3, round(16 * scale), round(12 * scale))
+        bicubic = torch.nn.functional.interpolate(x, size=out.shape[-2:], mode='bicubic', align_corners=False)
+        assert torch.allclose(out, bicubic, atol=1e-5)  # zero-initialised heads: the decoder starts as bicubic
+    with pytest.raises(ValueError, match='dial'):
+        net(x, assr_condition('libx265', 30, 2.0), dial=1.5)
+
+
+def test_shipped_decoder_beats_bicubic_for_every_scale():
+    path = default_decoder_path()
+    if not path.is_file():
+        pytest.skip(f'{path} is not present')
+    decoder = load_decoder()
+    assert decoder.codecs == ('libx265',) and decoder.scale_range == (1.0, 8.0)
+    rgb = crop(skdata.astronaut(), 256, 0, 150)
+    from basicsr.metrics import calculate_psnr
+
+    from vrpsr_plugin.eic.rescale import downscale, lr_size
+    for scale, qp in ((1.0, 45), (2.0, 36), (4.0, 30), (8.0, 20)):
+        size = lr_size(256, 256, scale)
+        coded = encode(downscale(rgb, size), 'libx265', qp=qp).image
+        ours = calculate_psnr(decoder.restore(coded, 'libx265', qp, (256, 256), dial=0.0), rgb, 0)
+        from PIL import Image
+        bicubic = np.asarray(Image.fromarray(coded).resize((256, 256), Image.BICUBIC))
+        assert ours > calculate_psnr(bicubic, rgb, 0), scale
