@@ -1,0 +1,92 @@
+"""SIGTERM / SIGINT to a running command never orphan its ffmpeg children (issue 16 item 1).
+
+ffmpeg runs in its own session (so a timeout can kill its whole group); Python's default SIGTERM action ended the
+command at once and left it running. The codec layer's ``$VRPSR_FFMPEG`` points here to a stand-in that lists
+the encoders and then hangs in an encode, recording its pid, so the test knows exactly which child to look for.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from vrpsr_plugin.atomic_io import write_png
+from vrpsr_plugin.data.demo_images import write_demo_images
+
+HUNG_FFMPEG = '''#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = -encoders ]; then
+    echo " V....D libx264 H.264"; echo " V....D libx265 H.265"; echo " V....D libvvenc H.266"; exit 0
+  fi
+done
+echo $$ >> "$HUNG_FFMPEG_PIDS"
+exec sleep 300
+'''
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) is not running
+    with open(f'/proc/{pid}/stat') as handle:
+        return handle.read().split(')')[-1].split()[0] != 'Z'
+
+
+def start(tmp_path: Path, args: list) -> tuple:
+    fake = tmp_path / 'ffmpeg'
+    fake.write_text(HUNG_FFMPEG)
+    fake.chmod(0o755)
+    pids = tmp_path / 'ffmpeg.pids'
+    env = {**os.environ, 'VRPSR_FFMPEG': str(fake), 'HUNG_FFMPEG_PIDS': str(pids), 'OMP_NUM_THREADS': '1',
+           'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not (pids.exists() and pids.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f'ffmpeg never started:\n{proc.communicate()[0][-3000:]}')
+        time.sleep(0.2)
+    return proc, pids
+
+
+def stop(proc: subprocess.Popen, pids: Path, signum: int) -> str:
+    """Send ``signum`` while ffmpeg hangs; the command must exit promptly and no ffmpeg may survive."""
+    children = [int(p) for p in pids.read_text().split()]
+    assert all(alive(pid) for pid in children)
+    proc.send_signal(signum)
+    try:
+        out = proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    survivors = [pid for pid in children if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f'ffmpeg children {survivors} outlived the command:\n{out[-3000:]}'
+    assert proc.returncode == 128 + signum, out[-3000:]
+    return out
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_vrpsr_compress_kills_its_ffmpeg(tmp_path, photo, signum):
+    write_png(tmp_path / 'in.png', photo)
+    proc, pids = start(tmp_path, ['-m', 'vrpsr_plugin.cli', 'compress', 'in.png', 'out.png', '--codec', 'libvvenc',
+                                  '--qp', '32'])
+    out = stop(proc, pids, signum)
+    assert 'vrpsr compress: ' in out and not (tmp_path / 'out.png').exists()
+
+
+def test_training_kills_its_ffmpeg(tmp_path):
+    write_demo_images(tmp_path / 'datasets/demo/train', size=48, per_photo=1, names=['astronaut', 'coffee'])
+    write_demo_images(tmp_path / 'datasets/demo/val', size=48, per_photo=1, names=['chelsea'])
+    proc, pids = start(tmp_path, ['-m', 'vrpsr_plugin.train', '-opt', str(REPO / 'options/smoke/train_simulator.yml'),
+                                  '--force_yml', "datasets:train:codecs=['libvvenc']", 'datasets:train:gt_size=32'])
+    out = stop(proc, pids, signal.SIGTERM)
+    assert 'train.py: terminated' in out
