@@ -169,6 +169,12 @@ def resolve_model(name: str) -> str:
     raise FileNotFoundError(f'VRPSR model {name!r} not found in {where}')
 
 
+def output_directory() -> Optional[str]:
+    """ComfyUI's output folder (where SaveImage writes), or None without ComfyUI."""
+    fp = folder_paths()
+    return None if fp is None else fp.get_output_directory()
+
+
 def upscale_models_dir() -> Optional[str]:
     """ComfyUI's first ``upscale_models`` folder (where stock upscale loaders look), or None without ComfyUI."""
     fp = folder_paths()

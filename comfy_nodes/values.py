@@ -13,6 +13,8 @@ from torch import nn
 
 from vrpsr_plugin.codecs import CONDITION_CODECS, CodecCondition
 
+CLAMP_MARGIN = 0.25  # further out means a wrongly scaled tensor ([0, 255], [-1, 1]): an error, not a clamp
+
 
 @dataclass(frozen=True)
 class VRPSRModel:
@@ -56,7 +58,8 @@ class VRPSRCondition:
 
 
 def check_image(image: torch.Tensor, name: str = 'image') -> torch.Tensor:
-    """Validate a ComfyUI ``IMAGE`` (float ``[B, H, W, 3]`` in ``[0, 1]``, B >= 1) and return it as float32."""
+    """Validate a ComfyUI ``IMAGE`` (float ``[B, H, W, 3]`` in ``[0, 1]``, B >= 1) and return it as float32.
+    Values slightly outside [0, 1] (overshoot of upstream filters) are clamped, as core nodes do."""
     if not isinstance(image, torch.Tensor):
         raise ValueError(f'{name} must be a torch.Tensor [B, H, W, C], got {type(image).__name__}')
     if image.dim() != 4:
@@ -74,9 +77,10 @@ def check_image(image: torch.Tensor, name: str = 'image') -> torch.Tensor:
     if not torch.isfinite(image).all():
         raise ValueError(f'{name} contains NaN or inf')
     low, high = image.min().item(), image.max().item()
-    if low < 0.0 or high > 1.0:
-        raise ValueError(f'{name} values must lie in [0, 1], got [{low:.4g}, {high:.4g}]')
-    return image
+    if low < -CLAMP_MARGIN or high > 1.0 + CLAMP_MARGIN:
+        raise ValueError(f'{name} values must lie in [0, 1] (up to {CLAMP_MARGIN:g} outside is clamped), got '
+                         f'[{low:.4g}, {high:.4g}]: a [0, 255] or [-1, 1] tensor?')
+    return image.clamp(0.0, 1.0)
 
 
 def to_bchw(image: torch.Tensor) -> torch.Tensor:

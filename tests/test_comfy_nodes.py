@@ -3,6 +3,7 @@ by node on CPU with tiny real models and real codecs, bad inputs, and the bridge
 import importlib.util
 import inspect
 import json
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -56,6 +57,8 @@ class FakeFolderPaths(types.ModuleType):
         super().__init__('folder_paths')
         self.models_dir = str(base / 'models')
         self.folder_names_and_paths = {'upscale_models': ([str(base / 'models' / 'upscale_models')], {'.pth'})}
+        self.output_directory = str(base / 'output')  # ComfyUI creates it at start-up
+        Path(self.output_directory).mkdir(parents=True, exist_ok=True)
 
     def add_model_folder_path(self, folder_name: str, full_folder_path: str, is_default: bool = False) -> None:
         paths, _ = self.folder_names_and_paths.setdefault(folder_name, ([], set()))
@@ -64,6 +67,9 @@ class FakeFolderPaths(types.ModuleType):
 
     def get_folder_paths(self, folder_name: str) -> list:
         return list(self.folder_names_and_paths[folder_name][0])
+
+    def get_output_directory(self) -> str:
+        return self.output_directory
 
 
 class FakeComfy:
@@ -148,10 +154,21 @@ class SaveImage:
         return ()
 
 
-def run_workflow(prompt: dict, mappings: dict, core: dict) -> dict:
+def split_output(output) -> tuple:
+    """(result tuple, ui dict) of a node's return value, as ComfyUI's executor reads it: a tuple, or
+    ``{"ui": {...}, "result": (...)}`` from a node that shows something."""
+    if isinstance(output, dict):
+        assert set(output) == {'ui', 'result'}, set(output)
+        return output['result'], output['ui']
+    return output, None
+
+
+def run_workflow(prompt: dict, mappings: dict, core: dict, shown: dict = None) -> dict:
     """Execute an API-format prompt node by node in dependency order, validating links and combo values as
-    ComfyUI does; returns {node_id: outputs} (every intermediate output, for checking)."""
+    ComfyUI does; returns {node_id: outputs} (every intermediate output, for checking) and records what each
+    node shows in ``shown``."""
     outputs, visiting = {}, set()
+    shown = {} if shown is None else shown
 
     def execute(node_id: str) -> None:
         if node_id in outputs:
@@ -178,8 +195,12 @@ def run_workflow(prompt: dict, mappings: dict, core: dict) -> dict:
                 if isinstance(kind, list):
                     assert value in kind, f'{node_id}.{name}: {value!r} not in {kind}'
                 kwargs[name] = value
-        result = getattr(obj, cls.FUNCTION)(**kwargs)
+        result, ui = split_output(getattr(obj, cls.FUNCTION)(**kwargs))
         assert isinstance(result, tuple) and len(result) == len(cls.RETURN_TYPES)
+        if node['class_type'] in mappings:  # every VRPSR output node shows its result on the node
+            assert (ui is not None) == getattr(cls, 'OUTPUT_NODE', False), f'{node_id}: shows nothing'
+        if ui is not None:
+            shown[node_id] = ui
         outputs[node_id] = result
         visiting.discard(node_id)
 
@@ -192,8 +213,8 @@ def run_workflow(prompt: dict, mappings: dict, core: dict) -> dict:
 def test_loaded_by_path_exposes_mappings(package):
     mappings, names = package.NODE_CLASS_MAPPINGS, package.NODE_DISPLAY_NAME_MAPPINGS
     assert set(mappings) == set(names)
-    assert {'VRPSRLoadModel', 'VRPSRCodecCondition', 'VRPSRUpscale', 'VRPSRRecompress', 'VRPSRCodecSimulator',
-            'VRPSRPostProcess', 'VRPSRExportPlainCheckpoint'} == set(mappings)
+    assert {'VRPSRLoadModel', 'VRPSRCodecCondition', 'VRPSRUpscale', 'VRPSRRecompress', 'VRPSRRecompressVideo',
+            'VRPSRCodecSimulator', 'VRPSRPostProcess', 'VRPSRExportPlainCheckpoint'} == set(mappings)
     assert all(isinstance(v, str) and v for v in names.values())
 
 
@@ -292,13 +313,24 @@ def check_recompress(node_input: torch.Tensor, outputs: tuple, targets) -> None:
     assert total_bytes == sum(e['bytes'] for e in entries)
 
 
+def check_shown_rates(ui: dict, outputs: tuple) -> None:
+    """The Recompress node shows every image's achieved bpp and bytes (as in its report) and the batch totals."""
+    text = ui['text'][0]
+    entries = json.loads(outputs[4])
+    lines = text.splitlines()
+    assert len(lines) == len(entries) + 1
+    for line, entry in zip(lines, entries):
+        assert f'{entry["bpp"]:.4f} bpp' in line and f'{entry["bytes"]} bytes' in line and entry['codec'] in line
+    assert f'mean {outputs[1]:.4f} bpp, {outputs[2]} bytes' in lines[-1]
+
+
 @pytest.mark.parametrize('workflow', ['vrpsr_upscale_recompress.json', 'vrpsr_sandwich_postprocess.json'])
 def test_example_workflows_run(workflow, package, comfy_models, photos):
     prompt = json.loads((WORKFLOWS / workflow).read_text())
     low_res = [downscale(p, 48) for p in photos[:2]]
-    saved = []
+    saved, shown = [], {}
     outputs = run_workflow(prompt, package.NODE_CLASS_MAPPINGS,
-                           {'LoadImage': LoadImage(to_image(low_res)), 'SaveImage': SaveImage(saved)})
+                           {'LoadImage': LoadImage(to_image(low_res)), 'SaveImage': SaveImage(saved)}, shown)
     by_type = {node['class_type']: node_id for node_id, node in prompt.items()}
 
     condition = outputs[by_type['VRPSRCodecCondition']][0]
@@ -312,6 +344,7 @@ def test_example_workflows_run(workflow, package, comfy_models, photos):
 
     recompressed = outputs[by_type['VRPSRRecompress']]
     check_recompress(upscaled, recompressed, [c.bpp for c in condition.conditions])
+    check_shown_rates(shown[by_type['VRPSRRecompress']], recompressed)
 
     assert len(saved) == 1
     final = saved[0]
@@ -387,14 +420,16 @@ def test_bad_inputs_name_the_problem(package, nodes, photo, tmp_path):
 
 def test_recompress_modes_per_image(package, nodes, photos):
     image = to_image([downscale(p, 64) for p in photos])
-    by_qp = nodes['VRPSRRecompress'].recompress(image, 'libx265', 'qp', qp=35)
+    by_qp, ui = split_output(nodes['VRPSRRecompress'].recompress(image, 'libx265', 'qp', qp=35))
     check_recompress(image, by_qp, [None] * 3)
+    check_shown_rates(ui, by_qp)
     assert [e['qp'] for e in json.loads(by_qp[4])] == [35] * 3
     assert len({e['bytes'] for e in json.loads(by_qp[4])}) == 3  # each image encoded on its own
     target = 0.5
-    by_rate = nodes['VRPSRRecompress'].recompress(image, 'libx264', 'target_bpp', bpp=target)
+    by_rate, ui = split_output(nodes['VRPSRRecompress'].recompress(image, 'libx264', 'target_bpp', bpp=target))
     check_recompress(image, by_rate, [target] * 3)
-    by_crf = nodes['VRPSRRecompress'].recompress(image, 'libx264', 'crf', crf=30.0)
+    assert all(f'(target {target:.4f})' in line for line in ui['text'][0].splitlines()[:3])
+    by_crf, _ = split_output(nodes['VRPSRRecompress'].recompress(image, 'libx264', 'crf', crf=30.0))
     entries = json.loads(by_crf[4])
     assert all(e['crf'] == 30.0 and e['qp'] is None for e in entries)
     assert by_crf[2] == sum(encode(f.movedim(-1, 0), 'libx264', crf=30.0).num_bytes for f in image)
@@ -428,8 +463,10 @@ def test_bridge_uses_comfyui_when_present(tmp_path, monkeypatch, photo):
 
     # Export writes into ComfyUI's upscale_models folder; ComfyUI's stock loader (spandrel) loads the plain net,
     # which equals the conditioned one at the fixed condition.
-    path, max_error = nodes['VRPSRExportPlainCheckpoint'].export(model, condition_of(package), 'plain_x4.pth')
+    (path, max_error), ui = split_output(nodes['VRPSRExportPlainCheckpoint'].export(model, condition_of(package),
+                                                                                    'plain_x4.pth'))
     assert Path(path) == tmp_path / 'models' / 'upscale_models' / 'plain_x4.pth' and max_error < 1e-4
+    assert ui['text'][0].startswith(path) and f'{max_error:.2e}' in ui['text'][0]
     from spandrel import ModelLoader
     descriptor = ModelLoader().load_from_state_dict(torch.load(path, map_location='cpu', weights_only=True))
     assert descriptor.architecture.name == 'ESRGAN' and descriptor.scale == 4
@@ -487,3 +524,248 @@ def test_released_real_esrgan_weights(package, nodes, photo, shared_weight):
     assert torch.equal(out, nodes['VRPSRUpscale'].upscale(model, image, 512, 32, condition_of(package))[0])
     psnr = 10 * torch.log10(1 / ((out - to_image([photo])) ** 2).mean())
     assert out.shape == (1, 128, 128, 3) and psnr > 22
+
+
+# ------------------------------------------------------------------------------------- nodes that explain themselves
+def test_nodes_explain_themselves(package):
+    """ComfyUI shows DESCRIPTION in search previews and each input's tooltip on hover: every node and input has
+    one, rates name their unit, and the QP tooltip gives every codec's range."""
+    for key, cls in package.NODE_CLASS_MAPPINGS.items():
+        assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 60, key
+        spec = cls.INPUT_TYPES()
+        for name, entry in {**spec['required'], **spec.get('optional', {})}.items():
+            assert len(entry) == 2 and isinstance(entry[1].get('tooltip'), str) and entry[1]['tooltip'], \
+                f'{key}.{name} has no tooltip'
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) and all(cls.OUTPUT_TOOLTIPS), key
+    nodes = package.NODE_CLASS_MAPPINGS
+    recompress = nodes['VRPSRRecompress'].INPUT_TYPES()['required']
+    condition = nodes['VRPSRCodecCondition'].INPUT_TYPES()['required']
+    video = nodes['VRPSRRecompressVideo'].INPUT_TYPES()['required']
+    for qp in (recompress['qp'], condition['qp']):
+        for codec in recompress['codec'][0]:
+            low, high = qp_range(codec)
+            assert f'{codec} {low}-{high}' in qp[1]['tooltip']
+    assert 'bpp' in recompress['bpp'][1]['tooltip'] and 'bpp' in condition['bpp'][1]['tooltip']
+    assert 'kbit/s' in video['kbps'][1]['tooltip'] and 'kB' in video['size_kb'][1]['tooltip']
+    assert 'Eq. 2' in nodes['VRPSRRecompress'].DESCRIPTION and '§3.4' in nodes['VRPSRPostProcess'].DESCRIPTION
+
+
+def test_qp_ranges_consistent_and_named_per_codec(package, nodes, photo):
+    """Both nodes offer the same codecs with the same QP widget (the union of the ranges); a QP outside the chosen
+    codec's range is an error naming that range, before anything is encoded."""
+    recompress = package.NODE_CLASS_MAPPINGS['VRPSRRecompress'].INPUT_TYPES()['required']
+    condition = package.NODE_CLASS_MAPPINGS['VRPSRCodecCondition'].INPUT_TYPES()['required']
+    assert recompress['codec'][0] == condition['codec'][0]
+    codecs = recompress['codec'][0]
+    assert codecs[:3] == ['libx264', 'libx265', 'libvvenc'] and {'jpeg', 'libwebp', 'libsvtav1'} <= set(codecs)
+    for widget in (recompress['qp'][1], condition['qp'][1]):
+        assert (widget['min'], widget['max']) == (min(qp_range(c)[0] for c in codecs),
+                                                   max(qp_range(c)[1] for c in codecs))
+    image = to_image([downscale(photo, 32)])
+    for codec in codecs:
+        low, high = qp_range(codec)
+        for bad in {low - 1, high + 1} & set(range(0, 101)):
+            message = rf'QP {bad} is outside the range \[{low}, {high}\] of {codec}'
+            with pytest.raises(ValueError, match=message):
+                nodes['VRPSRRecompress'].recompress(image, codec, 'qp', qp=bad)
+            with pytest.raises(ValueError, match=message):
+                nodes['VRPSRCodecCondition'].build(codec, 'qp', 0.1, bad, reference=image)
+
+
+def test_listing_needs_no_ffmpeg_and_running_names_why(monkeypatch, tmp_path, photo):
+    """With no ffmpeg, every node still lists (INPUT_TYPES runs no ffmpeg) and a node that needs it fails when it
+    runs, naming the missing binary; nothing is written."""
+    monkeypatch.setenv('VRPSR_FFMPEG', str(tmp_path / 'no_ffmpeg_here'))
+    package = load_custom_node('vrpsr_custom_node_without_ffmpeg')
+    monkeypatch.delitem(sys.modules, 'vrpsr_custom_node_without_ffmpeg')
+    for key, cls in package.NODE_CLASS_MAPPINGS.items():
+        assert cls.INPUT_TYPES()['required'], key
+    image = to_image([downscale(photo, 32)] * 2)
+    nodes = {key: cls() for key, cls in package.NODE_CLASS_MAPPINGS.items()}
+    with pytest.raises(FileNotFoundError, match='no_ffmpeg_here'):
+        nodes['VRPSRRecompress'].recompress(image, 'libvvenc', 'qp', qp=32)
+    with pytest.raises(FileNotFoundError, match='no_ffmpeg_here'):
+        nodes['VRPSRCodecCondition'].build('libvvenc', 'qp', 0.1, 32, reference=image)
+    out = tmp_path / 'out'
+    out.mkdir()
+    with pytest.raises(FileNotFoundError, match='no_ffmpeg_here'):
+        nodes['VRPSRRecompressVideo'].recompress(image, 'libx264', 'crf', output_dir=str(out))
+    assert list(out.iterdir()) == []
+
+
+def test_slight_overshoot_is_clamped_like_core_nodes(package, nodes, photo):
+    image = to_image([downscale(photo, 32)])
+    overshoot = image * 1.06 - 0.03  # [-0.03, 1.03], as a sharpen or colour node upstream may give
+    assert overshoot.min() < 0 and overshoot.max() > 1
+    shown, _ = split_output(nodes['VRPSRRecompress'].recompress(overshoot, 'libx264', 'qp', qp=30))
+    clamped, _ = split_output(nodes['VRPSRRecompress'].recompress(overshoot.clamp(0, 1), 'libx264', 'qp', qp=30))
+    assert torch.equal(shown[0], clamped[0]) and shown[2] == clamped[2]
+    model = package.values.VRPSRModel(tiny_sr(), 'tiny_sr.pth')
+    out = nodes['VRPSRUpscale'].upscale(model, overshoot, 0, 32, condition_of(package))[0]
+    assert torch.equal(out, nodes['VRPSRUpscale'].upscale(model, overshoot.clamp(0, 1), 0, 32,
+                                                          condition_of(package))[0])
+    with pytest.raises(ValueError, match=r'\[0, 255\] or \[-1, 1\]'):
+        nodes['VRPSRRecompress'].recompress(image * 255, 'libx264', 'qp', qp=30)
+
+
+def test_post_process_rejects_an_upscaler_before_running_it(package, nodes, photo):
+    sr = tiny_sr()
+    calls = []
+    hook = sr.register_forward_hook(lambda *_: calls.append(1))
+    model = package.values.VRPSRModel(sr, 'tiny_sr_x4.pth')
+    image = to_image([downscale(photo, 64)] * 3)
+    try:
+        with pytest.raises(ValueError, match='tiny_sr_x4.pth upscales x4; this node needs a same-size model'):
+            nodes['VRPSRPostProcess'].postprocess(model, image, condition_of(package), 0, 32)
+        with pytest.raises(ValueError, match='upscales x4'):
+            nodes['VRPSRCodecSimulator'].simulate(model, image, condition_of(package), 0, 32)
+    finally:
+        hook.remove()
+    assert calls == []  # no tile was run
+
+
+# ------------------------------------------------------------------------------------------------------ video
+def real_frames_image(count: int = 24) -> torch.Tensor:
+    from tests.test_video import real_frames
+    return to_image(real_frames(count))
+
+
+def test_recompress_video_node(package, nodes, tmp_path):
+    """24 real frames at a target bitrate: the achieved kbps is within 5% (2% search tolerance), the node shows it,
+    and the returned frames are exactly what a stock decoder reads from the written file."""
+    from tests.test_video import stock_decode
+    frames = real_frames_image()
+    out = tmp_path / 'out'
+    out.mkdir()
+    for codec in ('libx264', 'libx265'):
+        result, ui = split_output(nodes['VRPSRRecompressVideo'].recompress(
+            frames, codec, 'kbps', kbps=150.0, fps=24.0, gop=12, output_dir=str(out)))
+        decoded, path, kbps, bpp, condition, report = result
+        assert abs(kbps / 150 - 1) <= 0.05
+        entry = json.loads(report)
+        assert entry['codec'] == codec and entry['frames'] == 24 and entry['target_kbps'] == 150
+        assert entry['kbps'] == kbps and entry['path'] == path and len(entry['bpp']) == 24
+        assert bpp == pytest.approx(np.mean(entry['bpp'])) == pytest.approx(8 * entry['bytes'] / (24 * 96 * 128))
+        assert condition.single() == package.values.CodecCondition(codec, bpp)
+        assert decoded.shape == frames.shape and decoded.dtype == torch.float32
+        assert torch.equal(decoded, torch.from_numpy(stock_decode(path)).float().div(255.0))
+        assert f'{kbps:.1f} kbps (target 150.0)' in ui['text'][0] and f'{bpp:.4f} bpp' in ui['text'][0]
+    assert sorted(p.name for p in out.iterdir()) == ['vrpsr_video_00001.mp4', 'vrpsr_video_00002.mp4']
+
+
+@pytest.mark.parametrize('frames, kwargs, error', [
+    (lambda f: f[:, :95], dict(mode='crf'), 'even width and height'),
+    (lambda f: f, dict(mode='kbps', kbps=1e6), 'outside what libx264 reaches'),
+    (lambda f: f, dict(mode='crf', filename_prefix='../escape'), 'plain file name'),
+])
+def test_recompress_video_bad_inputs_leave_nothing(nodes, tmp_path, frames, kwargs, error):
+    out = tmp_path / 'out'
+    out.mkdir()
+    with pytest.raises(ValueError, match=error):
+        nodes['VRPSRRecompressVideo'].recompress(frames(real_frames_image(6)), 'libx264',
+                                                 **{'output_dir': str(out), **kwargs})
+    assert list(out.iterdir()) == []
+
+
+def test_video_workflow_runs(package, comfy_models):
+    """The shipped video workflow (core LoadVideo / GetVideoComponents stand-ins feed 8 real low-res frames):
+    condition from the video bitrate, x4 upscale, one x264 stream at that bitrate. The condition's per-frame bpp
+    is the stream's mean bpp at the target rate (the approximation the docs describe)."""
+    prompt = json.loads((WORKFLOWS / 'vrpsr_video_upscale_recompress.json').read_text())
+    for node in prompt.values():  # the shipped 2000 kbps is for HD; these frames are 128x96 after x4
+        if 'kbps' in node['inputs']:
+            node['inputs']['kbps'] = 150.0
+    low_res = to_image([cv2.resize(f, (32, 24), interpolation=cv2.INTER_AREA)
+                        for f in (real_frames_image(8) * 255).round().byte().numpy()])
+
+    class LoadVideo:
+        RETURN_TYPES = ('VIDEO',)
+        FUNCTION = 'load'
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {'required': {'file': ('STRING', {})}}
+
+        def load(self, file):
+            return ('video',)
+
+    class GetVideoComponents:
+        RETURN_TYPES = ('IMAGE', 'AUDIO', 'FLOAT')
+        FUNCTION = 'get_components'
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {'required': {'video': ('VIDEO', {})}}
+
+        def get_components(self, video):
+            return low_res, None, 24.0
+
+    shown = {}
+    outputs = run_workflow(prompt, package.NODE_CLASS_MAPPINGS,
+                           {'LoadVideo': LoadVideo(), 'GetVideoComponents': GetVideoComponents()}, shown)
+    condition = outputs['4'][0].single()
+    assert condition.bpp == pytest.approx(150e3 / (24 * 128 * 96))
+    decoded, path, kbps, bpp, measured, report = outputs['6']
+    assert decoded.shape == (8, 96, 128, 3) and abs(kbps / 150 - 1) <= 0.05
+    assert abs(bpp / condition.bpp - 1) <= 0.05
+    assert Path(path).parent == Path(comfy_models.get_output_directory()) and Path(path).is_file()
+    assert 'kbps' in shown['6']['text'][0]
+
+
+def test_condition_from_a_video_target(nodes, photo):
+    reference = to_image([downscale(photo, 48)[:36]] * 3)  # 48x36 frames, x4 -> 192x144
+    condition = nodes['VRPSRCodecCondition'].build('libx265', 'video_kbps', 0.1, 32, reference=reference,
+                                                   upscale_factor=4, kbps=2000.0, fps=25.0)[0]
+    assert condition.single().codec == 'libx265'
+    assert condition.single().bpp == pytest.approx(2e6 / (25 * 192 * 144))
+    with pytest.raises(ValueError, match='reference'):
+        nodes['VRPSRCodecCondition'].build('libx265', 'video_kbps', 0.1, 32, kbps=2000.0)
+
+
+# -------------------------------------------------------------------------------------------- packaging / install
+def requirement_lines(path: Path) -> list:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith('#')]
+
+
+def test_registry_metadata_and_requirements():
+    """pyproject.toml carries the Comfy registry's [tool.comfy] section and the same dependencies as the
+    requirements.txt ComfyUI-Manager installs: every package vrpsr_plugin needs, as lower bounds (no exact pins to
+    clash with ComfyUI's own), never torch/torchvision, each satisfied by the versions tested here."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    meta = tomllib.loads((PACKAGE_DIR / 'pyproject.toml').read_text())
+    assert meta['tool']['comfy']['DisplayName'] and meta['project']['name'] == 'comfyui-vrpsr'
+    requirements = requirement_lines(PACKAGE_DIR / 'requirements.txt')
+    assert meta['project']['dependencies'] == requirements
+    parsed = [Requirement(line) for line in requirements]
+    assert {r.name for r in parsed} == {Requirement(line).name for line in requirement_lines(REPO / 'requirements.txt')}
+    for req in parsed:
+        assert req.name not in ('torch', 'torchvision') and '==' not in str(req.specifier)
+        assert req.specifier.contains(version(req.name)), f'{req} does not admit the installed {version(req.name)}'
+
+    spec = importlib.util.spec_from_file_location('vrpsr_comfy_install', PACKAGE_DIR / 'install.py')
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)  # defines commands() only; installs nothing unless run as a script
+    commands = install.commands()
+    assert [c[-1] for c in commands] == ['basicsr==1.4.2', str(REPO)] and commands[1][-2] == '-e'
+    assert all({'--no-build-isolation', '--no-deps'} <= set(c) for c in commands)
+    assert not any('torch' in arg for c in commands for arg in c[4:])
+
+
+def test_prestartup_script_lets_comfyui_import_torchvision():
+    """ComfyUI runs each custom node's prestartup_script.py before importing its own modules, which import
+    torchvision. Where torchvision is the CUDA wheel on CPU torch (scripts/install.sh on a CPU machine), a plain
+    ``import torchvision`` fails; after the script it imports, and so do spandrel's loaders that ComfyUI uses."""
+    script = PACKAGE_DIR / 'prestartup_script.py'
+    code = (f'import importlib.util\n'
+            f'spec = importlib.util.spec_from_file_location("prestartup", {str(script)!r})\n'
+            f'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n'
+            f'import torchvision, torchvision.transforms.functional\n'
+            f'from spandrel import ModelLoader\n'
+            f'print("imported", torchvision.__version__)\n')
+    started = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0 and 'imported' in started.stdout, started.stderr[-2000:]
+    plain = subprocess.run([sys.executable, '-c', 'import torchvision'], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 or 'torchvision::' in plain.stderr  # the failure the script prevents
