@@ -1,6 +1,7 @@
-"""Close the gap between a CPU-only torch and the CUDA-built torchvision wheel (see DESIGN.md).
+"""Close the gap between a CPU-only torch and the CUDA-built torchvision wheel (see scripts/install.sh).
 
-Imported first by ``vrpsr_plugin``. Where torchvision imports normally this module changes nothing.
+Run by :mod:`vrpsr_plugin.registration` at the first import of torchvision / basicsr after ``import
+vrpsr_plugin``. Where torchvision imports normally this module changes nothing.
 
 1. torchvision's CUDA wheel cannot load its C++ ops against CPU torch, and ``import torchvision`` then dies
    registering fake kernels for ops that were never defined ("operator torchvision::nms does not exist").
@@ -11,6 +12,7 @@ Imported first by ``vrpsr_plugin``. Where torchvision imports normally this modu
 """
 import importlib
 import sys
+from types import ModuleType
 
 import torch
 
@@ -22,7 +24,8 @@ _TORCHVISION_OP_SCHEMAS = {
 _torchvision_lib = None
 
 
-def _import_torchvision():
+def import_torchvision() -> ModuleType:
+    """Import torchvision, defining its missing op schemas and retrying if its C++ ops cannot load."""
     global _torchvision_lib
     try:
         return importlib.import_module('torchvision')
@@ -38,7 +41,8 @@ def _import_torchvision():
     return importlib.import_module('torchvision')
 
 
-def _alias_functional_tensor():
+def alias_functional_tensor() -> None:
+    """Make ``torchvision.transforms.functional_tensor`` importable (basicsr 1.4.2 needs it)."""
     name = 'torchvision.transforms.functional_tensor'
     if name in sys.modules:
         return
@@ -47,6 +51,3 @@ def _alias_functional_tensor():
     except ImportError:
         sys.modules[name] = importlib.import_module('torchvision.transforms._functional_tensor')
 
-
-torchvision = _import_torchvision()
-_alias_functional_tensor()

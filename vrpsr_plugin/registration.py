@@ -1,16 +1,83 @@
-"""Import the plugin's modules by file suffix so their BasicSR registry decorators run (Real-ESRGAN's scheme)."""
-import importlib
-from pathlib import Path
-from typing import List
+"""Register the plugin's modules into BasicSR's registries by file suffix (Real-ESRGAN's scheme), when BasicSR loads.
 
-from basicsr.utils import scandir
+Importing the registered modules needs torch and basicsr (seconds), so ``import vrpsr_plugin`` only arranges it:
+registration runs at once if basicsr is already imported, else right after ``import basicsr`` finishes (a
+post-import hook). Every name is therefore in the registries whenever BasicSR can be asked for it, while the codec
+layer and the ``vrpsr`` CLI start without torch. The same hook makes a CUDA-built torchvision importable on CPU
+torch (:mod:`vrpsr_plugin.compat`) before anything imports it.
+"""
+import importlib
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+SUFFIXES = (('archs', '_arch'), ('data', '_dataset'), ('losses', '_loss'), ('models', '_model'),
+            ('metrics', '_metric'))
 
 
 def import_by_suffix(folder: str, suffix: str) -> List[str]:
     """Import ``vrpsr_plugin.<folder>.<name>`` for every ``<name>{suffix}.py`` file; return the module names."""
-    names = sorted(Path(f).stem for f in scandir(str(_PACKAGE_DIR / folder)) if f.endswith(f'{suffix}.py'))
+    names = sorted(name[:-3] for name in os.listdir(_PACKAGE_DIR / folder) if name.endswith(f'{suffix}.py'))
     for name in names:
         importlib.import_module(f'vrpsr_plugin.{folder}.{name}')
     return names
+
+
+def register_all() -> None:
+    """Import every registered module of the package (idempotent: Python imports each module once)."""
+    for folder, suffix in SUFFIXES:
+        import_by_suffix(folder, suffix)
+
+
+def _load_torchvision() -> None:
+    from vrpsr_plugin import compat
+    compat.import_torchvision()
+
+
+def _load_basicsr() -> None:
+    from vrpsr_plugin import compat
+    importlib.import_module('torchvision')  # through its hook when not yet imported
+    compat.alias_functional_tensor()
+    importlib.import_module('basicsr')
+    register_all()
+
+
+class _Hooked(importlib.abc.Loader):
+    """Loads a top-level module by running ``load`` (which imports the real module) in its place."""
+
+    def __init__(self, load: Callable[[], None]) -> None:
+        self._load = load
+
+    def exec_module(self, module) -> None:
+        del sys.modules[module.__name__]  # the placeholder; ``load`` imports the real module, which replaces it
+        self._load()
+
+
+class _ImportHooks(importlib.abc.MetaPathFinder):
+    """Meta-path finder that routes the first import of each hooked name through its hook, once."""
+
+    def __init__(self, hooks: Dict[str, Callable[[], None]]) -> None:
+        self._hooks = dict(hooks)
+
+    def find_spec(self, fullname: str, path=None, target=None) -> Optional[importlib.machinery.ModuleSpec]:
+        load = self._hooks.pop(fullname, None)
+        if load is None:
+            return None
+        if not self._hooks:
+            sys.meta_path.remove(self)
+        return importlib.machinery.ModuleSpec(fullname, _Hooked(load))
+
+
+def register_when_basicsr_loads() -> None:
+    """Register now if basicsr is imported, else hook torchvision's and basicsr's first imports."""
+    if 'basicsr' in sys.modules:
+        register_all()
+        return
+    hooks = {'basicsr': _load_basicsr}
+    if 'torchvision' not in sys.modules:
+        hooks['torchvision'] = _load_torchvision
+    sys.meta_path.insert(0, _ImportHooks(hooks))

@@ -1,6 +1,5 @@
 """Sinusoidal embedding of the codec condition (App. B.3, Fig. S1), shared by every conditioned arch."""
 import torch
-from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 
@@ -29,6 +28,7 @@ class CodecEmbedding(nn.Module):
             raise ValueError(f'condition must have shape (B, {self.num_scalars}), got {tuple(cond.shape)}')
         if not torch.isfinite(cond).all():
             raise ValueError('condition contains NaN or inf')
+        from diffusers.models.embeddings import get_timestep_embedding  # diffusers imports in seconds: only here
         batch = cond.shape[0]
         emb = get_timestep_embedding(cond.reshape(-1).float(), self.dim_per_scalar, flip_sin_to_cos=True,
                                      downscale_freq_shift=0, scale=self.scale)

@@ -19,12 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from diffusers.models.resnet import ResnetBlock2D
-from peft import LoraConfig
-from safetensors.torch import save_file
 from torch import nn
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from vrpsr_plugin.archs.checkpoint import load_state_dict_strict, read_checkpoint
 from vrpsr_plugin.archs.codec_embedding import CodecEmbedding
@@ -151,6 +146,7 @@ class OneStepCodecDiffusion(nn.Module):
         sample_posterior: sample the VAE latent in training mode (eval always uses the mean).
         gradient_checkpointing, autocast_dtype ('bf16'/'fp16'), enable_xformers, base_dtype: GPU options.
         tile_size / tile_overlap: inputs larger than ``tile_size`` run in overlapping tiles, blended linearly.
+        prompt_cache_size: CLIP embeddings kept (CPU LRU, see ``encode_prompts``); 0 disables the cache.
     """
     codec_aware = True
 
@@ -160,7 +156,7 @@ class OneStepCodecDiffusion(nn.Module):
                  use_prompt: bool = True, timestep: Optional[int] = None, sample_posterior: bool = False,
                  gradient_checkpointing: bool = False, autocast_dtype: Optional[str] = None,
                  enable_xformers: bool = False, base_dtype: Optional[str] = None, tile_size: Optional[int] = None,
-                 tile_overlap: int = 64, prompt_cache_size: int = 4096, revision: Optional[str] = None,
+                 tile_overlap: int = 64, prompt_cache_size: int = 256, revision: Optional[str] = None,
                  variant: Optional[str] = None) -> None:
         super().__init__()
         self.config = dict(pretrained_model_name_or_path=str(pretrained_model_name_or_path), lora_rank=lora_rank,
@@ -181,6 +177,11 @@ class OneStepCodecDiffusion(nn.Module):
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self.prompt_cache_size = prompt_cache_size
 
+        # Imported here: diffusers/transformers/peft take seconds to import (registration must stay fast).
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from diffusers.models.resnet import ResnetBlock2D
+        from peft import LoraConfig
+        from transformers import CLIPTextModel, CLIPTokenizer
         path = str(pretrained_model_name_or_path)
         load = dict(revision=revision, variant=variant, torch_dtype=DTYPES[base_dtype])
         self.tokenizer = CLIPTokenizer.from_pretrained(path, subfolder='tokenizer', revision=revision)
@@ -247,6 +248,7 @@ class OneStepCodecDiffusion(nn.Module):
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.size_multiple = self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1)
         self._prompt_cache: 'OrderedDict[str, torch.Tensor]' = OrderedDict()
+        self.prompt_cache_stats = {'hits': 0, 'misses': 0}
         self._base_keys = frozenset(k for k in nn.Module.state_dict(self) if not self.is_trainable_key(k))
         self._load_prefix = ''
         self.register_state_dict_post_hook(OneStepCodecDiffusion._drop_base_keys)
@@ -302,6 +304,7 @@ class OneStepCodecDiffusion(nn.Module):
         """Write the trainable part (``trainable.safetensors``) and ``config.json`` (which names the base)."""
         os.makedirs(directory, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        from safetensors.torch import save_file
         save_file(state, os.path.join(directory, TRAINABLE_FILE))
         with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
             json.dump({'type': type(self).__name__, **self.config}, f, indent=2)
@@ -330,20 +333,29 @@ class OneStepCodecDiffusion(nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """CLIP text embeddings (B x L x D), cached per prompt: the text encoder is frozen."""
+        """CLIP text embeddings (B x L x D) of ``prompts``, on the text encoder's device.
+
+        The text encoder is frozen, so embeddings are cached per prompt in an LRU of ``prompt_cache_size`` entries
+        kept on the CPU: the accelerator only ever holds the current batch. Training bpps are continuous (Eq. 5
+        prompts carry 4 decimals), so the cache hits mostly at inference, where tiles, frames and clips share one
+        rate; ``prompt_cache_stats`` counts hits and misses (per distinct prompt of a batch).
+        """
         device = next(self.text_encoder.parameters()).device
-        todo = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        unique = list(dict.fromkeys(prompts))
+        todo = [p for p in unique if p not in self._prompt_cache]
+        self.prompt_cache_stats['hits'] += len(unique) - len(todo)
+        self.prompt_cache_stats['misses'] += len(todo)
+        found = {p: self._prompt_cache[p].to(device, non_blocking=True) for p in unique if p not in todo}
         if todo:
             ids = self.tokenizer(todo, padding='max_length', max_length=self.tokenizer.model_max_length,
                                  truncation=True, return_tensors='pt').input_ids.to(device)
-            for prompt, emb in zip(todo, self.text_encoder(ids)[0]):
-                self._prompt_cache[prompt] = emb
-        for p in prompts:
+            found.update(zip(todo, self.text_encoder(ids)[0]))
+        for p in unique:
+            self._prompt_cache[p] = found[p].to('cpu', copy=True) if p in todo else self._prompt_cache[p]
             self._prompt_cache.move_to_end(p)
-        embeddings = torch.stack([self._prompt_cache[p].to(device) for p in prompts])
         while len(self._prompt_cache) > self.prompt_cache_size:
             self._prompt_cache.popitem(last=False)
-        return embeddings
+        return torch.stack([found[p] for p in prompts])
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, cond: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The codec condition c = (codec, bpp) of the paper (§3.2.2, §3.2.3, App. B.3)."""
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # One-hot order of the condition vector. Append new codecs at the end only: a saved model stores the tuple it
 # was trained with (its ``codecs`` option), so older checkpoints keep their meaning.
@@ -30,18 +31,20 @@ class CodecCondition:
         """``A {codec} {bpp:.4f} bpp compressed image.`` (Eq. 5)."""
         return f'A {self.codec} {self.bpp:.4f} bpp compressed image.'
 
-    def vector(self, codecs: Sequence[str] = CONDITION_CODECS, allow_unknown: bool = False) -> torch.Tensor:
+    def vector(self, codecs: Sequence[str] = CONDITION_CODECS, allow_unknown: bool = False) -> 'torch.Tensor':
         """Float tensor [one-hot over ``codecs``..., bpp]. A codec outside ``codecs`` is an error unless
         ``allow_unknown`` (then its one-hot part is all zeros: "some other codec at this rate")."""
         onehot = [1.0 if self.codec == name else 0.0 for name in codecs]
         if not any(onehot) and not allow_unknown:
             raise ValueError(f'codec {self.codec!r} is not one of the conditioned codecs {tuple(codecs)}')
+        import torch
         return torch.tensor(onehot + [float(self.bpp)], dtype=torch.float32)
 
     @staticmethod
     def collate(conditions: Sequence['CodecCondition'], codecs: Sequence[str] = CONDITION_CODECS,
-                allow_unknown: bool = False) -> torch.Tensor:
+                allow_unknown: bool = False) -> 'torch.Tensor':
         """Stack conditions into a (B, len(codecs)+1) tensor."""
         if len(conditions) == 0:
             raise ValueError('cannot collate an empty list of conditions')
+        import torch
         return torch.stack([c.vector(codecs, allow_unknown) for c in conditions])

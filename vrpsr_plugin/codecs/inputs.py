@@ -3,17 +3,21 @@
 Anything else (gray, RGBA, palette, 16-bit, NaN/inf, out of range) is a ValueError naming the problem; the only
 explicit conversion lives in :func:`load_image`, used by the CLI, which says what it converted.
 """
+import sys
 from pathlib import Path
-from typing import Tuple, Union
+from typing import TYPE_CHECKING, Tuple, Union
 
 import numpy as np
-import torch
 
-ImageLike = Union[np.ndarray, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+ImageLike = Union[np.ndarray, 'torch.Tensor']
 
 
-def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+def rgb_to_tensor(rgb: np.ndarray) -> 'torch.Tensor':
     """HxWx3 uint8 RGB -> 3xHxW float32 tensor in [0, 1] (the inverse of :func:`to_rgb_uint8` for tensors)."""
+    import torch
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
 
 
@@ -22,7 +26,8 @@ def to_rgb_uint8(image: ImageLike) -> np.ndarray:
 
     Float tensors (CxHxW, values in [0, 1]) are scaled by 255 and rounded to the nearest integer (not floored).
     """
-    if isinstance(image, torch.Tensor):
+    torch = sys.modules.get('torch')  # a tensor exists only if torch is imported; the codec layer never needs it
+    if torch is not None and isinstance(image, torch.Tensor):
         if image.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise ValueError(f'a tensor image must be floating point in [0, 1], got dtype {image.dtype}')
         if image.dim() != 3 or image.shape[0] != 3:

@@ -8,7 +8,6 @@ prediction; the model owning the discriminator passes them in (``fake_logits``) 
 from collections import OrderedDict
 from typing import Any, Dict, Optional
 
-import lpips
 import torch
 from basicsr.losses import build_loss
 from basicsr.losses.gan_loss import GANLoss
@@ -25,6 +24,7 @@ def build_lpips(net: str = 'alex', pretrained_backbone: bool = True) -> nn.Modul
     heads). ``False`` keeps the real linear heads on a randomly initialised backbone: it loads offline (CPU tests
     and smoke configs) but is *not* the LPIPS metric; this is logged.
     """
+    import lpips  # imports torchvision's model zoo: only when a loss is built, not at registration
     if pretrained_backbone:
         model = lpips.LPIPS(net=net, verbose=False)
     else:

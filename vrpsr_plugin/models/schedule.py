@@ -8,7 +8,6 @@ The scheduler is a ``LambdaLR`` and is saved/resumed by BasicSR's training state
 from typing import Any, Dict, Iterable, List
 
 import torch
-from diffusers.optimization import get_scheduler
 from torch.optim.lr_scheduler import LambdaLR
 
 _OPTIMIZERS = ('Adam', 'AdamW')
@@ -44,6 +43,7 @@ def build_scheduler(scheduler_opt: Dict[str, Any], optimizer: torch.optim.Optimi
         raise ValueError(f'scheduler options need total_steps (optimizer steps), got {scheduler_opt}') from None
     if total <= 0 or not 0 <= warmup <= total:
         raise ValueError(f'scheduler needs 0 <= warmup_steps <= total_steps and total_steps > 0, got {scheduler_opt}')
+    from diffusers.optimization import get_scheduler  # diffusers imports in seconds: only when training starts
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total, **opt)
 
 
