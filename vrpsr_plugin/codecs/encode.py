@@ -12,6 +12,7 @@ import numpy as np
 
 from vrpsr_plugin.codecs import ffmpeg_route, pyav_route
 from vrpsr_plugin.codecs.encoders import CodecSpec, get_spec, strip_sei
+from vrpsr_plugin.codecs.errors import CodecError
 from vrpsr_plugin.codecs.inputs import ImageLike, rgb_to_tensor, to_rgb_uint8
 from vrpsr_plugin.codecs.yuv import bytes_to_planes, planes_to_bytes, rgb_to_yuv420, yuv420_to_rgb
 
@@ -92,18 +93,35 @@ def encode(image: ImageLike, codec: str, qp: Optional[int] = None, crf: Optional
     planes = rgb_to_yuv420(padded, spec.bit_depth, spec.full_range)
     if used == 'pyav':
         bitstream = strip_sei(pyav_route.encode_pyav(planes, pw, ph, spec, options), spec)
-        decoded = pyav_route.decode_pyav(bitstream, spec)
     else:
-        exe = ffmpeg_route.resolve_ffmpeg(ffmpeg)
-        raw = ffmpeg_route.encode_ffmpeg(planes_to_bytes(planes), pw, ph, spec, options, exe, timeout)
+        raw = ffmpeg_route.encode_ffmpeg(planes_to_bytes(planes), pw, ph, spec, options,
+                                         ffmpeg_route.resolve_ffmpeg(ffmpeg), timeout)
         bitstream = strip_sei(raw, spec)
-        decoded = bytes_to_planes(ffmpeg_route.decode_ffmpeg(bitstream, spec, exe, timeout), ph, pw,
-                                  spec.bit_depth)
-    out = yuv420_to_rgb(*decoded, spec.bit_depth, spec.full_range)[:height, :width]
+    out = decode(bitstream, codec, height, width, route=used, ffmpeg=ffmpeg, timeout=timeout)
     num_bytes = len(bitstream)
     return CodecResult(image=np.ascontiguousarray(out), num_bytes=num_bytes, bpp=8.0 * num_bytes / (height * width),
                        qp=qp, crf=None if crf is None else float(crf), codec=codec, route=used,
                        bitstream=bitstream)
+
+
+def decode(bitstream: bytes, codec: str, height: int, width: int, *, route: str = 'auto',
+           ffmpeg: Optional[str] = None, timeout: float = ffmpeg_route.DEFAULT_TIMEOUT) -> np.ndarray:
+    """Decode a single-picture bitstream of ``codec`` (as :func:`encode` makes it) of a ``height`` x ``width``
+    picture to HxWx3 uint8 RGB; a stream that does not decode to that size is a :class:`CodecError`."""
+    spec = get_spec(codec)
+    ph, pw = height + height % 2, width + width % 2
+    if pick_route(spec, route, ffmpeg) == 'pyav':
+        decoded = pyav_route.decode_pyav(bitstream, spec)
+    else:
+        raw = ffmpeg_route.decode_ffmpeg(bitstream, spec, ffmpeg_route.resolve_ffmpeg(ffmpeg), timeout)
+        try:
+            decoded = bytes_to_planes(raw, ph, pw, spec.bit_depth)
+        except ValueError as err:
+            raise CodecError(f'{codec} stream is not a {pw}x{ph} picture: {err}') from err
+    if decoded[0].shape != (ph, pw):
+        raise CodecError(f'{codec} stream holds a {decoded[0].shape[1]}x{decoded[0].shape[0]} picture, '
+                         f'expected {pw}x{ph}')
+    return np.ascontiguousarray(yuv420_to_rgb(*decoded, spec.bit_depth, spec.full_range)[:height, :width])
 
 
 def available_codecs(ffmpeg: Optional[str] = None) -> tuple:
