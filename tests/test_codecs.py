@@ -71,6 +71,34 @@ def test_low_qp_roundtrip_of_flat_colour_keeps_rgb_order(codec):
     assert np.abs(res.image.astype(int) - colour).max() <= 2
 
 
+# Colour-description fields per bitstream syntax: (primaries, transfer, matrix, full range flag).
+COLOUR_FIELDS = {'h264': ('colour_primaries', 'transfer_characteristics', 'matrix_coefficients',
+                          'video_full_range_flag'),
+                 'hevc': ('colour_primaries', 'transfer_characteristics', 'matrix_coefficients',
+                          'video_full_range_flag'),
+                 'vvc': ('vui_colour_primaries', 'vui_transfer_characteristics', 'vui_matrix_coeffs',
+                         'vui_full_range_flag'),
+                 'obu': ('color_primaries', 'transfer_characteristics', 'matrix_coefficients', 'color_range')}
+
+
+@pytest.mark.parametrize('codec, route', [('libx264', 'pyav'), ('libx264', 'ffmpeg'), ('libx265', 'pyav'),
+                                          ('libx265', 'ffmpeg'), ('libvvenc', 'ffmpeg'), ('libsvtav1', 'ffmpeg')])
+def test_stream_signals_bt601_limited_range(codec, route, photo, tmp_path):
+    res = encode(crop(photo, 64), codec, qp=MID_QP[codec], route=route, preset=FAST.get(codec))
+    demuxer = CODECS[codec].demuxer
+    fields = slice_qp(res.bitstream, demuxer, tmp_path)
+    # H.273 code 6 = BT.601 (smpte170m) primaries, transfer and matrix; range flag 0 = limited
+    assert tuple(fields.get(name) for name in COLOUR_FIELDS[demuxer]) == (6, 6, 6, 0)
+
+
+def test_jpeg_stream_signals_full_range(photo, tmp_path):
+    path = tmp_path / 'x.jpg'
+    path.write_bytes(encode(crop(photo, 64), 'jpeg', qp=MID_QP['jpeg']).bitstream)
+    text = subprocess.run([resolve_ffmpeg(), '-hide_banner', '-i', str(path)], capture_output=True, text=True,
+                          timeout=60).stderr
+    assert re.search(r'Video: mjpeg.*yuvj420p\(pc', text), text
+
+
 @pytest.mark.parametrize('route', ['pyav', 'ffmpeg'])
 @pytest.mark.parametrize('qp', [22, 37])
 def test_x264_slice_is_coded_at_exactly_the_qp(route, qp, photo, tmp_path):
@@ -310,6 +338,21 @@ def test_missing_encoder_and_missing_ffmpeg(fake_ffmpeg, photo, tmp_path, monkey
     monkeypatch.setenv('VRPSR_FFMPEG', missing)
     with pytest.raises(FFmpegNotFoundError, match='VRPSR_FFMPEG'):
         encode(photo, 'jpeg', qp=5)
+
+
+@pytest.mark.parametrize('codec, route', [('libx264', 'auto'), ('libx264', 'pyav'), ('libx265', 'ffmpeg'),
+                                          ('libvvenc', 'auto'), ('jpeg', 'auto')])
+def test_missing_ffmpeg_fails_the_same_on_every_route(codec, route, photo, tmp_path, monkeypatch):
+    monkeypatch.setenv('VRPSR_FFMPEG', str(tmp_path / 'no' / 'ffmpeg'))
+    with pytest.raises(FFmpegNotFoundError, match=r"ffmpeg not found .*no/ffmpeg.*from VRPSR_FFMPEG"):
+        encode(photo, codec, qp=MID_QP[codec], route=route)
+
+
+def test_vrpsr_ffmpeg_is_the_binary_auto_runs(photo, monkeypatch):
+    assert encode(photo, 'libx264', qp=30).route == 'pyav'  # nothing chosen: PyAV where it can
+    monkeypatch.setenv('VRPSR_FFMPEG', resolve_ffmpeg())
+    res = encode(photo, 'libx264', qp=30)
+    assert res.route == 'ffmpeg' and encode(photo, 'libx264', qp=30, route='pyav').bitstream == res.bitstream
 
 
 def test_compress_cli(tmp_path, photo, capsys):

@@ -5,6 +5,7 @@ slice data; the encoders' informational SEI text is stripped, see encoders.strip
 Sizes are edge-replicated up to even (the yuv420 grid) before encoding and cropped back after decoding.
 """
 import math
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -63,13 +64,17 @@ def _check_mode(spec: CodecSpec, qp: Optional[int], crf: Optional[float]) -> Non
 
 
 def pick_route(spec: CodecSpec, route: str, ffmpeg: Optional[str]) -> str:
-    """'pyav' or 'ffmpeg'. 'auto' takes PyAV where it supports the codec and no ffmpeg binary was passed."""
+    """'pyav' or 'ffmpeg'. 'auto' takes PyAV where it supports the codec and no ffmpeg binary was chosen
+    (``ffmpeg=`` or ``$VRPSR_FFMPEG``). The binary is resolved whichever route runs, so a missing ffmpeg is the same
+    FFmpegNotFoundError for every codec and route."""
     if route not in ROUTES:
         raise ValueError(f'route must be one of {ROUTES}, got {route!r}')
     if route == 'pyav' and not pyav_route.supports(spec):
         raise ValueError(f"route='pyav' does not support {spec.name}; PyAV runs only libx264/libx265")
+    ffmpeg_route.resolve_ffmpeg(ffmpeg)
     if route == 'auto':
-        return 'pyav' if ffmpeg is None and pyav_route.supports(spec) else 'ffmpeg'
+        chosen = ffmpeg is not None or bool(os.environ.get('VRPSR_FFMPEG'))
+        return 'ffmpeg' if chosen or not pyav_route.supports(spec) else 'pyav'
     return route
 
 

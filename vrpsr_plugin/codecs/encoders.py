@@ -12,12 +12,20 @@ rate control with its defaults. Every codec codes one intra picture in yuv420 (1
 | libsvtav1  | libsvtav1      | -qp Q -svtav1-params rc=0:aq-mode=0:enable-tpl-la=0:use-fixed-qindex-offsets=1:key-frame-qindex-offset=0:key-frame-chroma-qindex-offset=0 (base_q_idx = 4Q, 255 at 63) |
 | jpeg       | mjpeg          | -q:v Q -qmin 1 (the "QP" is the JPEG qscale, 1..31)                           |
 | libwebp    | libwebp        | -quality Q (0..100; the rate *increases* with Q)                              |
+
+Every stream carries its colour description (H.264/H.265/H.266 VUI, AV1 colour config), so external players
+decode it as ``yuv.py`` does: BT.601 (primaries, transfer, matrix: smpte170m), limited range; JPEG is full range
+(JFIF). WebP's VP8 syntax has no such fields (it is BT.601 limited range by definition).
 """
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 Options = List[Tuple[str, str]]  # encoder options, in order: ('qp', '30') -> '-qp 30' / ctx.options['qp']
+
+# Colour description: PyAV attribute (= ffmpeg option) -> (ffmpeg value name, libavutil code = H.273 code).
+COLOUR = {'color_primaries': ('smpte170m', 6), 'color_trc': ('smpte170m', 6), 'colorspace': ('smpte170m', 6)}
+COLOUR_RANGE = {False: ('tv', 1), True: ('pc', 2)}  # AVColorRange of limited / full range
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,10 @@ class CodecSpec:
         if self.bit_depth == 10:
             return 'yuv420p10le'
         return 'yuvj420p' if self.full_range else 'yuv420p'
+
+    def colour(self) -> Dict[str, Tuple[str, int]]:
+        """The colour description to signal: ``COLOUR`` plus ``color_range`` (full for JPEG)."""
+        return {**COLOUR, 'color_range': COLOUR_RANGE[self.full_range]}
 
     def options(self, qp: Optional[int], crf: Optional[float], preset: Optional[str]) -> Options:
         """Encoder options for constant-QP (``qp``) or CRF (``crf``) mode."""

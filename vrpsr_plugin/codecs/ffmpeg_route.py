@@ -97,12 +97,21 @@ def option_args(options: Options) -> List[str]:
     return args
 
 
+def colour_filter(spec: CodecSpec) -> str:
+    """``setparams`` filter tagging the frames with ``spec``'s colour description: ffmpeg >= 7 writes the
+    encoder's colour fields from the frames, so the ``-color_primaries``/``-color_trc`` output options alone are
+    not enough."""
+    names = {'color_range': 'range'}
+    return 'setparams=' + ':'.join(f'{names.get(key, key)}={value}' for key, (value, _) in spec.colour().items())
+
+
 def encode_ffmpeg(raw: bytes, width: int, height: int, spec: CodecSpec, options: Options, ffmpeg: str,
                   timeout: float) -> bytes:
     """Planar yuv420 ``raw`` -> the codec's elementary bitstream (one intra picture)."""
     require_encoder(ffmpeg, spec)
     args = ['-f', 'rawvideo', '-pix_fmt', spec.pix_fmt, '-s', f'{width}x{height}', '-r', '25', '-i', 'pipe:0',
-            '-frames:v', '1', '-c:v', spec.encoder, *option_args(options), '-pix_fmt', spec.pix_fmt,
+            '-frames:v', '1', '-vf', colour_filter(spec), '-c:v', spec.encoder, *option_args(options),
+            '-pix_fmt', spec.pix_fmt,
             '-f', spec.muxer, 'pipe:1']
     out = run_ffmpeg(ffmpeg, args, raw, timeout)
     if not out:

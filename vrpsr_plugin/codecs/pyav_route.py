@@ -31,9 +31,11 @@ def supports(spec: CodecSpec) -> bool:
     return spec.pyav_decoder is not None and {spec.encoder, spec.pyav_decoder} <= pyav_codecs()
 
 
-def _frame(planes: Planes, width: int, height: int):
+def _frame(planes: Planes, width: int, height: int, spec: CodecSpec):
     import av
     frame = av.VideoFrame(width, height, 'yuv420p')
+    for key, (_, code) in spec.colour().items():  # the colour description written into the stream
+        setattr(frame, key, code)
     for plane, data in zip(frame.planes, planes):
         stride = plane.line_size
         buf = np.zeros((data.shape[0], stride), np.uint8)
@@ -56,7 +58,9 @@ def encode_pyav(planes: Planes, width: int, height: int, spec: CodecSpec, option
         ctx.framerate = Fraction(25, 1)
         ctx.thread_type = 'FRAME'  # PyAV defaults to slice threads: x264 would split the picture into slices
         ctx.options = dict(options)
-        packets = list(ctx.encode(_frame(planes, width, height))) + list(ctx.encode(None))
+        for key, (_, code) in spec.colour().items():
+            setattr(ctx, key, code)
+        packets = list(ctx.encode(_frame(planes, width, height, spec))) + list(ctx.encode(None))
     except av.FFmpegError as exc:
         raise CodecError(f'PyAV {spec.encoder} failed on {width}x{height}: {exc}') from exc
     data = b''.join(bytes(p) for p in packets)

@@ -25,8 +25,8 @@ import numpy as np
 
 from vrpsr_plugin.atomic_io import atomic_path
 from vrpsr_plugin.codecs.encoders import SEI_TYPES, CodecSpec, get_spec
-from vrpsr_plugin.codecs.ffmpeg_route import (DEFAULT_TIMEOUT, option_args, require_encoder, resolve_ffmpeg,
-                                              run_ffmpeg)
+from vrpsr_plugin.codecs.ffmpeg_route import (DEFAULT_TIMEOUT, colour_filter, option_args, require_encoder,
+                                              resolve_ffmpeg, run_ffmpeg)
 from vrpsr_plugin.codecs.inputs import ImageLike, to_rgb_uint8
 from vrpsr_plugin.codecs.yuv import planes_to_bytes, rgb_to_yuv420
 
@@ -34,8 +34,6 @@ VIDEO_CODECS: Tuple[str, ...] = ('libx264', 'libx265')
 PRESETS: Tuple[str, ...] = ('ultrafast', 'superfast', 'veryfast', 'faster', 'fast', 'medium', 'slow', 'slower',
                             'veryslow', 'placebo')
 CONTAINERS: Dict[str, str] = {'.mp4': 'mp4', '.mkv': 'matroska', '.mov': 'mov'}
-# BT.601 limited range: what yuv.rgb_to_yuv420 produces, so players convert back as we do.
-_COLOUR = 'setparams=range=tv:colorspace=smpte170m:color_primaries=smpte170m:color_trc=smpte170m'
 _LOG_RATE_SLOPE = -0.11  # d ln(kbps) / d CRF prior (x264/x265: the rate halves every ~6 CRF)
 _START_CRF = {'libx264': 23.0, 'libx265': 28.0}  # the encoders' defaults
 
@@ -184,7 +182,7 @@ def _encode(raw: bytes, width: int, height: int, count: int, fps: float, gop: Op
     if gop is not None:
         args += ['-g', str(gop)]
     remove = '|'.join(str(t) for t in SEI_TYPES[spec.nal])
-    args += ['-vf', _COLOUR, '-pix_fmt', 'yuv420p', '-bsf:v', f'filter_units=remove_types={remove}', '-f', 'nut', 'pipe:1']
+    args += ['-vf', colour_filter(spec), '-pix_fmt', 'yuv420p', '-bsf:v', f'filter_units=remove_types={remove}', '-f', 'nut', 'pipe:1']
     return run_ffmpeg(exe, args, raw, timeout)
 
 
