@@ -38,7 +38,7 @@ def alive(pid: int) -> bool:
         return handle.read().split(')')[-1].split()[0] != 'Z'
 
 
-def start(tmp_path: Path, args: list) -> tuple:
+def start(tmp_path: Path, args: list, children: int = 1) -> tuple:
     fake = tmp_path / 'ffmpeg'
     fake.write_text(HUNG_FFMPEG)
     fake.chmod(0o755)
@@ -48,7 +48,7 @@ def start(tmp_path: Path, args: list) -> tuple:
     proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
-    while not (pids.exists() and pids.read_text().strip()):
+    while not (pids.exists() and len(pids.read_text().split()) >= children):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f'ffmpeg never started:\n{proc.communicate()[0][-3000:]}')
@@ -90,3 +90,14 @@ def test_training_kills_its_ffmpeg(tmp_path):
                                   '--force_yml', "datasets:train:codecs=['libvvenc']", 'datasets:train:gt_size=32'])
     out = stop(proc, pids, signal.SIGTERM)
     assert 'train.py: terminated' in out
+
+
+def test_vrpsr_eval_workers_kill_their_ffmpeg(tmp_path, photo):
+    """With --workers 2 each pool worker runs an ffmpeg; SIGTERM to the command stops the workers first."""
+    (tmp_path / 'data').mkdir()
+    for name, top in (('a', 0), ('b', 40)):
+        write_png(tmp_path / f'data/{name}.png', photo[top:top + 64, :64])
+    proc, pids = start(tmp_path, ['-m', 'vrpsr_plugin.cli', 'eval', '--data', 'data', '--models', 'identity',
+                                  '--out', 'out', '--codecs', 'libvvenc', '--qps', '32', '--size', '32',
+                                  '--metrics', 'psnr', '--fid', 'off', '--workers', '2', '--no-progress'], children=2)
+    assert 'vrpsr eval: terminated' in stop(proc, pids, signal.SIGTERM)

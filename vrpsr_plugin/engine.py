@@ -33,9 +33,12 @@ def add_engine_arguments(parser: Any, default_workers: str) -> None:
 
 
 def _die_with_parent() -> None:
-    """Pool worker initializer: the kernel kills this worker when the process that started it dies (Linux)."""
+    """Pool worker initializer: SIGTERM unwinds the worker (its ffmpeg children are killed by their ``finally``,
+    :mod:`vrpsr_plugin.commands`), and the kernel sends it SIGTERM when the process that started it dies (Linux)."""
+    from vrpsr_plugin.commands import unwind_on_termination
+    unwind_on_termination()
     try:
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: workers then exit when they find the pool's pipe closed
 
@@ -72,11 +75,15 @@ class Engine:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.close(interrupt=exc[0] is not None)
 
-    def close(self) -> None:
-        """Stop the pool's workers / the Ray session this engine started."""
+    def close(self, interrupt: bool = False) -> None:
+        """Stop the pool's workers / the Ray session this engine started; ``interrupt``: SIGTERM the workers
+        first, so running tasks stop (and kill their ffmpeg) instead of being waited for."""
         if self._pool is not None:
+            if interrupt:
+                for process in list(self._pool._processes.values()):
+                    process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         if self._owns_ray:
