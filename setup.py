@@ -17,7 +17,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     packages=find_packages(include=['vrpsr_plugin', 'vrpsr_plugin.*']),
-    install_requires=['torch>=2.1', 'basicsr==1.4.2'] + requirements,
+    install_requires=['torch>=2.1', 'basicsr>=1.4.2,<1.5'] + requirements,
     extras_require={'dev': ['pytest>=7', 'pytest-timeout>=2', 'psutil>=5'],
                     'cluster': ['ray>=2.9']},  # --engine ray (docs/cluster.md)
     entry_points={'console_scripts': ['vrpsr=vrpsr_plugin.cli:main']},
