@@ -214,7 +214,8 @@ def test_loaded_by_path_exposes_mappings(package):
     mappings, names = package.NODE_CLASS_MAPPINGS, package.NODE_DISPLAY_NAME_MAPPINGS
     assert set(mappings) == set(names)
     assert {'VRPSRLoadModel', 'VRPSRCodecCondition', 'VRPSRUpscale', 'VRPSRRecompress', 'VRPSRRecompressVideo',
-            'VRPSRCodecSimulator', 'VRPSRPostProcess', 'VRPSRExportPlainCheckpoint'} == set(mappings)
+            'VRPSRCodecSimulator', 'VRPSRPostProcess', 'VRPSRExportPlainCheckpoint', 'VRPSREICEncodeToFile',
+            'VRPSREICDecodeFromFile', 'VRPSREICPreview'} == set(mappings)
     assert all(isinstance(v, str) and v for v in names.values())
 
 
@@ -762,6 +763,8 @@ def test_prestartup_script_lets_comfyui_import_torchvision():
     code = (f'import importlib.util\n'
             f'spec = importlib.util.spec_from_file_location("prestartup", {str(script)!r})\n'
             f'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n'
+            f'import sys\n'
+            f'assert "torchvision" in sys.modules  # imported before ComfyUI would import it\n'
             f'import torchvision, torchvision.transforms.functional\n'
             f'from spandrel import ModelLoader\n'
             f'print("imported", torchvision.__version__)\n')
