@@ -44,7 +44,7 @@ class CodecResult:
         return rgb_to_tensor(self.image)
 
 
-def _check_mode(spec: CodecSpec, qp: Optional[int], crf: Optional[float]) -> None:
+def check_mode(spec: CodecSpec, qp: Optional[int], crf: Optional[float]) -> None:
     if (qp is None) == (crf is None):
         raise ValueError(f'give exactly one of qp= and crf= (got qp={qp!r}, crf={crf!r})')
     if qp is not None:
@@ -84,7 +84,7 @@ def encode(image: ImageLike, codec: str, qp: Optional[int] = None, crf: Optional
     """Encode ``image`` (HxWx3 uint8 or CxHxW float in [0, 1]) as one intra picture with ``codec`` at constant
     ``qp`` or at ``crf``, decode it, and return the decoded HxWx3 uint8 image with its rate (Eq. 1)."""
     spec = get_spec(codec)
-    _check_mode(spec, qp, crf)
+    check_mode(spec, qp, crf)
     rgb = to_rgb_uint8(image)
     height, width = rgb.shape[:2]
     if min(height, width) < spec.min_size:

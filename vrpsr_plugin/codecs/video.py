@@ -24,6 +24,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from vrpsr_plugin.atomic_io import atomic_path
+from vrpsr_plugin.codecs.encode import check_mode
 from vrpsr_plugin.codecs.encoders import SEI_TYPES, CodecSpec, get_spec
 from vrpsr_plugin.codecs.ffmpeg_route import (DEFAULT_TIMEOUT, colour_filter, option_args, require_encoder,
                                               resolve_ffmpeg, run_ffmpeg)
@@ -131,6 +132,8 @@ def encode_video(frames: Frames, codec: str = 'libx264', *, qp: Optional[int] = 
     if sum(v is not None for v in (qp, crf, kbps, size_bytes)) != 1:
         raise ValueError(f'give exactly one of qp=, crf=, kbps=, size_bytes= (got qp={qp!r}, crf={crf!r}, '
                          f'kbps={kbps!r}, size_bytes={size_bytes!r})')
+    if qp is not None or crf is not None:
+        check_mode(spec, qp, crf)  # the image path's QP/CRF checks (type, the codec's range)
     _check_rate('fps', fps)
     _check_rate('kbps', kbps)
     _check_rate('size_bytes', size_bytes)
@@ -157,14 +160,8 @@ def encode_video(frames: Frames, codec: str = 'libx264', *, qp: Optional[int] = 
                            crf=trial_crf, preset=preset, gop=gop, stream=stream)
 
     if qp is not None:
-        if isinstance(qp, bool) or not isinstance(qp, (int, np.integer)) or not spec.qp_range[0] <= qp <= \
-                spec.qp_range[1]:
-            raise ValueError(f'qp must be an integer in {codec}\'s range {list(spec.qp_range)}, got {qp!r}')
         result = trial(int(qp), None)
     elif crf is not None:
-        low, high = spec.crf_range
-        if isinstance(crf, bool) or not isinstance(crf, (int, float)) or not low <= crf <= high:
-            raise ValueError(f'crf must be a number in {codec}\'s range [{low:g}, {high:g}], got {crf!r}')
         result = trial(None, float(crf))
     else:
         target = float(kbps) if kbps is not None else 8.0 * size_bytes * fps / len(rgb) / 1000.0
@@ -182,7 +179,8 @@ def _encode(raw: bytes, width: int, height: int, count: int, fps: float, gop: Op
     if gop is not None:
         args += ['-g', str(gop)]
     remove = '|'.join(str(t) for t in SEI_TYPES[spec.nal])
-    args += ['-vf', colour_filter(spec), '-pix_fmt', 'yuv420p', '-bsf:v', f'filter_units=remove_types={remove}', '-f', 'nut', 'pipe:1']
+    args += ['-vf', colour_filter(spec), '-pix_fmt', 'yuv420p', '-bsf:v', f'filter_units=remove_types={remove}',
+             '-f', 'nut', 'pipe:1']
     return run_ffmpeg(exe, args, raw, timeout)
 
 
