@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     'prepare-bank': ('vrpsr_plugin.data.codec_bank', 'pre-encode a dataset at a grid of QPs'),
     'eval': ('vrpsr_plugin.evaluation.cli', 'rate-matched recompression benchmark'),
     'eic': ('vrpsr_plugin.eic.cli', 'ASSR-EIC image codec: encode/decode .vrp files'),
+    'demo-data': ('vrpsr_plugin.data.demo_images', 'write the bundled demo photos the smoke options read'),
 }
 
 

@@ -1,11 +1,12 @@
 """The bundled default data: small crops of scikit-image's real photographs written as PNG files.
 
-Used by the smoke configs, the tests and the main job (``python -m vrpsr_plugin.data.demo_images OUT``).
+``vrpsr demo-data [--root DIR]`` writes ``DIR/datasets/demo/{train,val,test}`` (DIR: the current folder), the
+dataroots of ``options/smoke/*.yml``; the tests and the main job use the same crops.
 """
 import argparse
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -53,17 +54,30 @@ def write_demo_images(folder: os.PathLike, size: int = 96, per_photo: int = 2,
     return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('out', help='output folder')
-    parser.add_argument('--size', type=int, default=96)
-    parser.add_argument('--per-photo', type=int, default=2)
-    parser.add_argument('--photos', nargs='*', default=None, help=f'subset of {[n for n, _ in PHOTOS]}')
-    args = parser.parse_args(argv)
-    paths = write_demo_images(args.out, args.size, args.per_photo, args.photos)
-    print(f'wrote {len(paths)} images to {args.out}')
+# split -> (crops per photo, photos or None for all) of ROOT/datasets/demo, as options/smoke/*.yml read them.
+DEMO_SPLITS: Dict[str, Tuple[int, Optional[Tuple[str, ...]]]] = {
+    'train': (2, None), 'val': (1, ('astronaut', 'coffee')), 'test': (1, ('chelsea', 'cat'))}
+
+
+def write_demo_dataset(root: os.PathLike = '.', size: int = 96) -> Dict[str, List[Path]]:
+    """Write every split of :data:`DEMO_SPLITS` to ``root/datasets/demo/<split>``; return the paths per split."""
+    return {split: write_demo_images(Path(root) / 'datasets' / 'demo' / split, size, per_photo, names)
+            for split, (per_photo, names) in DEMO_SPLITS.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--root', type=Path, default=Path('.'),
+                        help='folder to write datasets/demo/{train,val,test} under (default: the current one)')
+    parser.add_argument('--size', type=int, default=96, help='crop size in pixels')
+
+
+def run(args: argparse.Namespace) -> int:
+    for split, paths in write_demo_dataset(args.root, args.size).items():
+        print(f'wrote {len(paths)} images to {args.root / "datasets" / "demo" / split}')
     return 0
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    _parser = argparse.ArgumentParser(prog='vrpsr demo-data', description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    raise SystemExit(run(_parser.parse_args()))
