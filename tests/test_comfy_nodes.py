@@ -3,6 +3,7 @@ by node on CPU with tiny real models and real codecs, bad inputs, and the bridge
 import importlib.util
 import inspect
 import json
+import shutil
 import subprocess
 import sys
 import types
@@ -772,3 +773,51 @@ def test_prestartup_script_lets_comfyui_import_torchvision():
     assert started.returncode == 0 and 'imported' in started.stdout, started.stderr[-2000:]
     plain = subprocess.run([sys.executable, '-c', 'import torchvision'], capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0 or 'torchvision::' in plain.stderr  # the failure the script prevents
+
+
+HARNESS = '''
+import { app } from "./scripts/app.js";
+await import("./extensions/vrpsr/vrpsr_report.js");
+const [ext] = app.extensions;
+const result = {};
+for (const [name, output_node] of [["VRPSRRecompress", true], ["VRPSRUpscale", false], ["SaveImage", true]]) {
+  function NodeType() {}
+  NodeType.prototype.computeSize = function () { return [200, 120]; };
+  NodeType.prototype.setSize = function (size) { this.size = size; };
+  await ext.beforeRegisterNodeDef(NodeType, { name, output_node });
+  const node = new NodeType();
+  node.onExecuted?.({ text: ["#0 libx264 QP 30: 0.1 bpp"] });
+  node.onExecuted?.({ text: ["#0 libx264 QP 31: 0.09 bpp"] });
+  result[name] = (node.widgets ?? []).map((w) => ({ name: w.name, value: w.value, serialize: w.serialize,
+                                                     readOnly: w.inputEl.readOnly }));
+}
+console.log(JSON.stringify(result));
+'''
+
+
+def test_web_extension_shows_results_on_the_node(package, tmp_path):
+    """web/vrpsr_report.js (served by ComfyUI from WEB_DIRECTORY) run under node with stand-ins for ComfyUI's
+    app.js / widgets.js: a VRPSR output node gets one read-only box, not saved with the workflow, holding the
+    latest ui.text; other nodes are left alone."""
+    node = shutil.which('node')
+    if node is None:
+        pytest.skip('node (JavaScript) is not installed')
+    web = PACKAGE_DIR / package.WEB_DIRECTORY
+    assert (web / 'vrpsr_report.js').is_file()
+    assert all(key.startswith('VRPSR') for key, cls in package.NODE_CLASS_MAPPINGS.items()
+               if getattr(cls, 'OUTPUT_NODE', False))  # the extension patches exactly these
+    (tmp_path / 'scripts').mkdir()
+    (tmp_path / 'extensions' / 'vrpsr').mkdir(parents=True)
+    shutil.copy(web / 'vrpsr_report.js', tmp_path / 'extensions' / 'vrpsr')
+    (tmp_path / 'scripts' / 'app.js').write_text(
+        'export const app = { extensions: [], registerExtension(ext) { this.extensions.push(ext); } };\n')
+    (tmp_path / 'scripts' / 'widgets.js').write_text(
+        'export const ComfyWidgets = { STRING(node, name) { const widget = { name, value: "", inputEl: {} };\n'
+        '  (node.widgets ??= []).push(widget); return { widget }; } };\n')
+    (tmp_path / 'run.mjs').write_text(HARNESS)
+    done = subprocess.run([node, 'run.mjs'], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown['VRPSRRecompress'] == [{'name': 'vrpsr_report', 'value': '#0 libx264 QP 31: 0.09 bpp',
+                                         'serialize': False, 'readOnly': True}]
+    assert shown['VRPSRUpscale'] == [] and shown['SaveImage'] == []
