@@ -33,9 +33,11 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # a zombie (exited, not yet reaped by init) is not running
-    with open(f'/proc/{pid}/stat') as handle:
-        return handle.read().split(')')[-1].split()[0] != 'Z'
+    try:  # a zombie (exited, not yet reaped by init) is not running
+        with open(f'/proc/{pid}/stat') as handle:
+            return handle.read().split(')')[-1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
 
 
 def start(tmp_path: Path, args: list, children: int = 1) -> tuple:
@@ -101,3 +103,38 @@ def test_vrpsr_eval_workers_kill_their_ffmpeg(tmp_path, photo):
                                   '--out', 'out', '--codecs', 'libvvenc', '--qps', '32', '--size', '32',
                                   '--metrics', 'psnr', '--fid', 'off', '--workers', '2', '--no-progress'], children=2)
     assert 'vrpsr eval: terminated' in stop(proc, pids, signal.SIGTERM)
+
+
+def children_of(pid: int) -> list:
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open(f'/proc/{entry}/stat') as handle:
+                    if int(handle.read().split(')')[-1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def test_main_job_stops_its_training(tmp_path):
+    """The main job's training subprocess gets SIGTERM (and so kills its own ffmpeg), not SIGKILL or nothing."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    proc = subprocess.Popen([sys.executable, '-m', 'vrpsr_plugin.main_job', '--out', str(tmp_path / 'job'),
+                             '--iters', '4'], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not children_of(proc.pid):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f'no training started:\n{proc.communicate()[0][-3000:]}')
+        time.sleep(0.2)
+    training = children_of(proc.pid)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    survivors = [pid for pid in training if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors and proc.returncode == 128 + signal.SIGTERM and 'main_job: terminated' in out, out[-3000:]

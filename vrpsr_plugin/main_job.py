@@ -25,6 +25,7 @@ import torch
 from basicsr.archs import build_network
 
 from vrpsr_plugin.archs.checkpoint import load_state_dict_strict, read_checkpoint, unwrap_state_dict
+from vrpsr_plugin.commands import run_command
 from vrpsr_plugin.data.demo_images import write_demo_images
 from vrpsr_plugin.data.recompression_sr_dataset import RecompressionSRDataset
 from vrpsr_plugin.losses.vrpsr_loss import build_lpips
@@ -44,11 +45,17 @@ def train(root: Path, option: str, name: str, iters: int, extra: Sequence[str] =
            'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
     env.setdefault('OMP_NUM_THREADS', '1')
     print(f'[main job] training {name} ({option}, {iters} iterations)', flush=True)
-    proc = subprocess.run([sys.executable, '-m', 'vrpsr_plugin.train', '-opt', str(SMOKE / option), '--force_yml', *force],
-                          cwd=root, env=env, capture_output=True, text=True)
-    (root / f'{name}.log').write_text(proc.stdout + proc.stderr)
+    cmd = [sys.executable, '-m', 'vrpsr_plugin.train', '-opt', str(SMOKE / option), '--force_yml', *force]
+    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:  # SIGTERM/Ctrl-C here: SIGTERM lets the training unwind and kill its ffmpeg children
+            proc.terminate()
+            proc.wait()
+            raise
+    (root / f'{name}.log').write_text(stdout + stderr)
     if proc.returncode:
-        raise RuntimeError(f'training {name} failed; see {root / f"{name}.log"}:\n{proc.stderr[-3000:]}')
+        raise RuntimeError(f'training {name} failed; see {root / f"{name}.log"}:\n{stderr[-3000:]}')
 
 
 def lpips_metric() -> tuple:
@@ -129,4 +136,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(run_command('main_job', main))
