@@ -6,12 +6,15 @@ of type ``VRPSRPerceptualLoss``), an optional discriminator ``network_d`` for it
 and gradient accumulation (App. A.1, :mod:`vrpsr_plugin.models.schedule`). Subclasses say what is trained
 (:meth:`trainable_parameters`) and what the loss compares (:meth:`forward_train`).
 """
+import copy
+import os.path as osp
 from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from basicsr.archs import build_network
 from basicsr.metrics.psnr_ssim import calculate_psnr_pt
+from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
@@ -43,7 +46,14 @@ class CodecLoopModel(AccumulationMixin, SRModel):
             if path is not None:
                 self.load_network(self.net_d, path, self.opt['path'].get('strict_load_d', True), 'params')
             self.net_d.train()
-        super().init_training_settings()  # EMA, losses, optimisers, schedulers (ours below)
+        # SRModel.init_training_settings with our EMA: losses, optimisers, schedulers (ours below)
+        self.net_g.train()
+        self.setup_ema()
+        self.cri_pix = None
+        self.cri_perceptual = build_loss(train_opt['perceptual_opt']).to(self.device) \
+            if train_opt.get('perceptual_opt') else None
+        self.setup_optimizers()
+        self.setup_schedulers()
         self.setup_grad_scaler([self.get_bare_model(n) for n in (self.net_g, *self.extra_networks().values())],
                                self.device)
         if not isinstance(self.cri_perceptual, VRPSRPerceptualLoss):
@@ -53,6 +63,33 @@ class CodecLoopModel(AccumulationMixin, SRModel):
                              '(e.g. {type: UNetDiscriminatorSN}) or set gan_weight: 0')
 
     # ----------------------------------------------------------------- optimisation (App. A.1)
+    # ----------------------------------------------------------------- EMA of what trains
+    def setup_ema(self) -> None:
+        """``net_g_ema`` for ``train.ema_decay > 0``: a copy of net_g that *shares* its frozen parameters and owns
+        only copies of the trained ones (BasicSR builds a second full network: for a diffusion net another frozen
+        SD-Turbo). Loaded from ``params_ema`` of ``pretrain_network_g`` and saved as ``params_ema``, as in BasicSR."""
+        self.ema_decay = self.opt['train'].get('ema_decay', 0)
+        if self.ema_decay <= 0:
+            return
+        get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay} (trained parameters)')
+        net = self.get_bare_model(self.net_g)
+        frozen = {id(p): p for p in net.parameters() if not p.requires_grad}
+        self.net_g_ema = copy.deepcopy(net, memo=dict(frozen)).eval()
+        for param in self.net_g_ema.parameters():
+            if id(param) not in frozen:
+                param.requires_grad_(False)
+        path = self.opt['path'].get('pretrain_network_g')
+        if path is not None:
+            self.load_network(self.net_g_ema, path, self.opt['path'].get('strict_load_g', True), 'params_ema')
+
+    def model_ema(self, decay: float = 0.999) -> None:
+        """ema <- decay * ema + (1 - decay) * param, over the parameters that train (the others are shared)."""
+        ema = dict(self.net_g_ema.named_parameters())
+        pairs = [(ema[name].data, param.data) for name, param in self.get_bare_model(self.net_g).named_parameters()
+                 if param.requires_grad]
+        if pairs:
+            torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1 - decay)
+
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters updated by ``optim_g``."""
         return self.net_g.parameters()
@@ -132,6 +169,18 @@ class CodecLoopModel(AccumulationMixin, SRModel):
                 'lpips': float(self.metric_lpips()(pred, ref, normalize=True).mean())}
 
     def report(self, dataset_name: str, per_image: List[Dict[str, float]], current_iter: int, tb_logger) -> None:
+    def save_visuals(self, dataset_name: str, current_iter, paths: List[str], **images: torch.Tensor) -> None:
+        """``val.save_img``: each batch image as a PNG in ``path.visualization/<dataset>/`` (BasicSR's layout:
+        ``<name>_<iter>_<label>.png`` in training, ``<name>_<label>.png`` in test.py), written atomically."""
+        from vrpsr_plugin.atomic_io import write_png
+        from vrpsr_plugin.codecs.inputs import to_rgb_uint8
+        folder = osp.join(self.opt['path']['visualization'], dataset_name)
+        for i, path in enumerate(paths):
+            stem = osp.splitext(osp.basename(path))[0]
+            for label, batch in images.items():
+                name = f'{stem}_{current_iter}_{label}.png' if self.opt['is_train'] else f'{stem}_{label}.png'
+                write_png(osp.join(folder, name), to_rgb_uint8(batch[i].float().clamp(0, 1)))
+
         """Average the per-image metrics, log them and write them to tensorboard (``metrics/<set>/<name>``)."""
         sums: Dict[str, List[float]] = defaultdict(list)
         for row in per_image:
@@ -176,3 +225,5 @@ class CodecSimulatorModel(CodecLoopModel):
                     rows.append({**scores, **{f'{k}_{codec}': v for k, v in scores.items()}})
         net.train(was_training)
         self.report(dataloader.dataset.opt['name'], rows, current_iter, tb_logger)
+                if save_img:
+                    self.save_visuals(dataloader.dataset.opt['name'], current_iter, batch['gt_path'], sim=sim)
