@@ -13,8 +13,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from basicsr.archs import build_network
-from basicsr.metrics.psnr_ssim import calculate_psnr_pt
 from basicsr.losses import build_loss
+from basicsr.metrics.psnr_ssim import calculate_psnr_pt
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
@@ -62,7 +62,6 @@ class CodecLoopModel(AccumulationMixin, SRModel):
             raise ValueError('the GAN term (gan_weight > 0) needs a discriminator: add network_d '
                              '(e.g. {type: UNetDiscriminatorSN}) or set gan_weight: 0')
 
-    # ----------------------------------------------------------------- optimisation (App. A.1)
     # ----------------------------------------------------------------- EMA of what trains
     def setup_ema(self) -> None:
         """``net_g_ema`` for ``train.ema_decay > 0``: a copy of net_g that *shares* its frozen parameters and owns
@@ -90,6 +89,7 @@ class CodecLoopModel(AccumulationMixin, SRModel):
         if pairs:
             torch._foreach_lerp_([e for e, _ in pairs], [p for _, p in pairs], 1 - decay)
 
+    # ----------------------------------------------------------------- optimisation (App. A.1)
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters updated by ``optim_g``."""
         return self.net_g.parameters()
@@ -168,7 +168,6 @@ class CodecLoopModel(AccumulationMixin, SRModel):
         return {'psnr': float(calculate_psnr_pt(pred, ref, crop_border=0).mean()),
                 'lpips': float(self.metric_lpips()(pred, ref, normalize=True).mean())}
 
-    def report(self, dataset_name: str, per_image: List[Dict[str, float]], current_iter: int, tb_logger) -> None:
     def save_visuals(self, dataset_name: str, current_iter, paths: List[str], **images: torch.Tensor) -> None:
         """``val.save_img``: each batch image as a PNG in ``path.visualization/<dataset>/`` (BasicSR's layout:
         ``<name>_<iter>_<label>.png`` in training, ``<name>_<label>.png`` in test.py), written atomically."""
@@ -181,6 +180,7 @@ class CodecLoopModel(AccumulationMixin, SRModel):
                 name = f'{stem}_{current_iter}_{label}.png' if self.opt['is_train'] else f'{stem}_{label}.png'
                 write_png(osp.join(folder, name), to_rgb_uint8(batch[i].float().clamp(0, 1)))
 
+    def report(self, dataset_name: str, per_image: List[Dict[str, float]], current_iter: int, tb_logger) -> None:
         """Average the per-image metrics, log them and write them to tensorboard (``metrics/<set>/<name>``)."""
         sums: Dict[str, List[float]] = defaultdict(list)
         for row in per_image:
@@ -220,10 +220,10 @@ class CodecSimulatorModel(CodecLoopModel):
             for batch in dataloader:
                 self.feed_data(batch)
                 sim = net(self.gt, self.cond)
+                if save_img:
+                    self.save_visuals(dataloader.dataset.opt['name'], current_iter, batch['gt_path'], sim=sim)
                 for i, codec in enumerate(self.codecs):
                     scores = self.score(sim[i:i + 1], self.codec_out[i:i + 1])
                     rows.append({**scores, **{f'{k}_{codec}': v for k, v in scores.items()}})
         net.train(was_training)
         self.report(dataloader.dataset.opt['name'], rows, current_iter, tb_logger)
-                if save_img:
-                    self.save_visuals(dataloader.dataset.opt['name'], current_iter, batch['gt_path'], sim=sim)
