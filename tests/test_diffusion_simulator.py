@@ -181,6 +181,23 @@ def test_prompt_embeddings_are_cached(sim):
     assert torch.equal(sim.encode_prompts(['A libx264 0.3000 bpp compressed image.'])[0], first[0])
 
 
+def test_prompt_cache_is_a_bounded_cpu_lru_with_stats(sd_path):
+    """The cache holds at most prompt_cache_size standalone CPU tensors (never the accelerator's memory, never a
+    view of a whole batch), evicts the least recently used prompt and counts hits/misses; cached and fresh
+    embeddings agree."""
+    model = DiffusionCodecSimulator(sd_path, prompt_cache_size=2, **OPTS)
+    prompts = [CodecCondition('libx264', b).prompt() for b in (0.1, 0.2, 0.3)]
+    fresh = model.encode_prompts(prompts[:2] + prompts[:1])
+    assert model.prompt_cache_stats == {'hits': 0, 'misses': 2}
+    model.encode_prompts(prompts[2:])  # evicts prompts[0]
+    assert list(model._prompt_cache) == prompts[1:]
+    again = model.encode_prompts(prompts[1:2])
+    assert model.prompt_cache_stats == {'hits': 1, 'misses': 3}
+    torch.testing.assert_close(again[0], fresh[1])
+    for emb in model._prompt_cache.values():
+        assert emb.device.type == 'cpu' and emb.untyped_storage().nbytes() == emb.numel() * emb.element_size()
+
+
 def test_tiles_reproduce_untiled_regions(sd_path, photo):
     torch.manual_seed(0)
     tiled = DiffusionCodecSimulator(sd_path, tile_size=32, tile_overlap=8, **OPTS).eval()
@@ -288,6 +305,29 @@ def test_fp16_training_scales_the_loss_and_skips_overflowing_steps(sd_path, smal
     model.optimize_parameters(2)
     assert torch.equal(lora.detach(), before)
     assert model.grad_scaler.get_scale() < scale
+
+
+def test_ema_copies_only_what_trains(sd_path, small):
+    """net_g_ema shares the frozen SD base with net_g (no second copy) and averages the LoRA/FiLM weights only."""
+    from basicsr.models import build_model
+    torch.manual_seed(0)
+    model = build_model(training_opt(sd_path))
+    net, ema = model.net_g, model.net_g_ema
+    own = {n: p for n, p in net.named_parameters()}
+    for name, param in ema.named_parameters():
+        assert (param is own[name]) == (not net.is_trainable_key(name)), name
+        assert not param.requires_grad or param is own[name]
+    extra = sum(p.numel() for p in ema.parameters() if all(p is not q for q in net.parameters()))
+    assert extra == sum(p.numel() for p in net.trainable_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(ema(small, COND), net.eval()(small, COND))
+    net.train()
+    before = {n: p.detach().clone() for n, p in ema.named_parameters() if net.is_trainable_key(n)}
+    model.feed_data({'gt': small, 'cond': COND, 'codec_out': small.flip(-1)})
+    model.optimize_parameters(1)
+    for name, old in before.items():  # ema = 0.9 ema + 0.1 param
+        torch.testing.assert_close(dict(ema.named_parameters())[name], 0.9 * old + 0.1 * own[name].detach())
+    assert any(not torch.equal(before[n], own[n]) for n in before)
 
 
 def test_basicsr_build_save_load_round_trip(sd_path, small, tmp_path):

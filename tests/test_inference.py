@@ -84,6 +84,22 @@ def test_stored_arch_spec_keeps_a_custom_codec_order(tmp_path):
     assert load_model(str(tmp_path / 'bare.pth'), codecs=list(codecs)).codecs == codecs
 
 
+def test_option_file_and_checkpoint_load_the_same_weights(tmp_path):
+    """One rule for .yml and .pth routes (and so the ComfyUI loader): params_ema when present, else params."""
+    torch.manual_seed(0)
+    nets = [CodecAwareRRDBNet(scale=1, **TINY_RRDB) for _ in range(2)]
+    perturb_heads(nets[1])
+    torch.save({'params': nets[0].state_dict(), 'params_ema': nets[1].state_dict()}, tmp_path / 'net_g.pth')
+    opt = {'name': 'x', 'network_g': {'type': 'CodecAwareRRDBNet', 'scale': 1, **TINY_RRDB},
+           'path': {'pretrain_network_g': str(tmp_path / 'net_g.pth')}}
+    (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
+    assert same_weights(load_model(str(tmp_path / 'opt.yml')), nets[1])
+    assert same_weights(load_model(str(tmp_path / 'net_g.pth')), nets[1])
+    opt['path']['param_key_g'] = 'params'  # an explicit key picks that entry
+    (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
+    assert same_weights(load_model(str(tmp_path / 'opt.yml')), nets[0])
+
+
 def test_option_file(tmp_path):
     torch.manual_seed(0)
     net = CodecAwareRRDBNet(scale=1, **TINY_RRDB)

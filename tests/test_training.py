@@ -211,3 +211,24 @@ def test_post_processing_modes_and_joint_simulator(workdir, monkeypatch):
     model.feed_data(_batch(opt))
     model.optimize_parameters(1)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.net_sim.parameters()))  # Table 5: joint
+
+
+def test_test_pipeline_runs_vrpsr_model_and_saves_images(tmp_path):
+    """``vrpsr_plugin/test.py`` with ``model_type: VRPSRModel`` (no ``train`` section) validates through the real
+    codec and writes X' and the recompressed image of every test image (val.save_img)."""
+    write_demo_images(tmp_path / 'datasets/demo/val', size=64, per_photo=1, names=['chelsea'])
+    with open(SMOKE / 'test_vrpsr.yml') as handle:
+        net_opt = yaml.load(handle, Loader=ordered_yaml()[0])['network_g']
+    net = build_network(net_opt)
+    models = tmp_path / 'experiments/smoke_vrpsr/models'
+    models.mkdir(parents=True)
+    torch.save({'params': net.state_dict(), 'params_ema': net.state_dict()}, models / 'net_g_latest.pth')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(tmp_path)}
+    proc = subprocess.run([sys.executable, '-m', 'vrpsr_plugin.test', '-opt', str(SMOKE / 'test_vrpsr.yml')],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert re.search(r'Validation demo_val .*bpp: [0-9.]+, lpips: [0-9.]+, psnr: [0-9.]+', log), log[-2000:]
+    folder = tmp_path / 'results/smoke_test_vrpsr/visualization/demo_val'
+    names = sorted(p.name for p in folder.glob('*.png'))
+    assert len(names) == 2 and names[0].endswith('_recompressed.png') and names[1].endswith('_sr.png'), names

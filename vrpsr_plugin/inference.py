@@ -32,6 +32,10 @@ _MIN_TILE = 32
 def load_model(path: str, device: Any = 'cpu', **arch_overrides: Any) -> nn.Module:
     """Load a network for inference, in eval mode with ``requires_grad`` off.
 
+    Which weights load (one rule, also for the ComfyUI loader): a BasicSR checkpoint's ``params_ema`` (the EMA
+    weights) when present, else ``params``, else the bare state dict; an option file's ``path.param_key_g``
+    picks that entry when the file has it.
+
     ``path`` is (a) a BasicSR option ``.yml`` (``network_g`` built by ``build_network``, weights from
     ``path.pretrain_network_g``), (b) a ``.pth``/``.safetensors`` checkpoint (arch from its stored ``'arch'`` spec,
     else detected from its keys: RRDBNet, SRVGGNetCompact, their codec-aware versions, CodecPostProcessNet) or
@@ -107,7 +111,7 @@ def _load_option_file(path: str, overrides: Dict[str, Any]) -> nn.Module:
     net_opt.update(overrides)
     model = build_network(net_opt)
     raw = load_checkpoint_file(weights)
-    key = path_opt.get('param_key_g', 'params')
+    key = path_opt.get('param_key_g')  # unset or absent from the file: params_ema when present, else params
     state = unwrap_state_dict(raw[key] if isinstance(raw, Mapping) and key in raw else raw, source=weights)
     load_weights(model, state, weights)
     return model

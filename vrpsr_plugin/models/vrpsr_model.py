@@ -80,7 +80,7 @@ class VRPSRModel(CodecLoopModel):
         net = build_network(self.opt['network_sim'])
         path = self.opt['path'].get('pretrain_network_sim')
         if path is not None:
-            self.load_network(net, path, True, self.opt['path'].get('param_key_sim', 'params'))
+            self.load_network(net, path, True, self.opt['path'].get('param_key_sim', 'params_ema'))
         elif any(True for _ in net.parameters()):
             raise ValueError('path.pretrain_network_sim is required: stage 2 trains through a stage-1 simulator '
                              '(§3.3.3); train one with options/train_simulator.yml')
@@ -122,7 +122,7 @@ class VRPSRModel(CodecLoopModel):
 
     def sr_condition(self) -> Optional[torch.Tensor]:
         """c for g, or None with ``condition_embedding: false`` (Table 5)."""
-        return self.cond if self.opt['train'].get('condition_embedding', True) else None
+        return self.cond if (self.opt.get('train') or {}).get('condition_embedding', True) else None
 
     def sr_forward(self, net: nn.Module) -> torch.Tensor:
         """X' = g(X~, c)."""
@@ -182,6 +182,9 @@ class VRPSRModel(CodecLoopModel):
                 x_prime = self.restore()
                 decoded, rates = real_codec(x_prime, self.codecs, bpps=self.cond[:, -1], **kwargs)
                 final = self.after_codec(decoded)
+                if save_img:
+                    self.save_visuals(dataloader.dataset.opt['name'], current_iter, batch['gt_path'], sr=x_prime,
+                                      recompressed=final)
                 for i in range(final.shape[0]):
                     target_bpp = float(self.cond[i, -1])
                     rows.append({**self.score(final[i:i + 1], self.gt[i:i + 1]), 'bpp': rates[i],

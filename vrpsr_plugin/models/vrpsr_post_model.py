@@ -45,7 +45,7 @@ class VRPSRPostModel(VRPSRModel):
         net = build_network(self.opt['network_sr'])
         path = self.opt['path'].get('pretrain_network_sr')
         if path is not None:
-            self.load_network(net, path, True, self.opt['path'].get('param_key_sr', 'params'))
+            self.load_network(net, path, True, self.opt['path'].get('param_key_sr', 'params_ema'))
         elif self.mode == 'sr_then_post':
             raise ValueError('train.mode sr_then_post needs path.pretrain_network_sr (the trained SR net)')
         if self.mode == 'joint':
