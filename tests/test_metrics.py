@@ -44,6 +44,24 @@ def test_lpips_and_dists_need_real_weights(empty_hub, tmp_path):
         METRIC_REGISTRY.get('calculate_lpips')(image, image, crop_border=0, lpips_weights=str(tmp_path / 'no.pth'))
 
 
+def test_missing_weights_are_reported_once_without_download_attempts(empty_hub, capfd):
+    import warnings
+
+    from vrpsr_plugin.evaluation.metric_suite import MetricSuite
+    from vrpsr_plugin.losses.vrpsr_loss import build_lpips
+    suite = MetricSuite.load(('lpips', 'dists', 'fid'))
+    for name, files in (('lpips', ['alexnet-owt-7be5be79.pth']), ('dists', ['dists_weights.pt', 'vgg16-397923af.pth']),
+                        ('fid', ['pt_inception-2015-12-05-6726825d.pth'])):
+        reason = suite.unavailable[name]
+        assert 'no download is attempted' in reason and all(f in reason for f in files), reason
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        build_lpips('alex', pretrained_backbone=False)  # the offline smoke stand-in: no torchvision deprecation noise
+    assert [str(w.message) for w in caught if 'deprecated' in str(w.message)] == []
+    out, err = capfd.readouterr()
+    assert 'Downloading' not in out + err
+
+
 def test_hub_with_links_files_under_official_names(tmp_path):
     weights = tmp_path / 'mine.pth'
     torch.save({'a': torch.ones(2)}, weights)

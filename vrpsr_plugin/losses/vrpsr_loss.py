@@ -16,6 +16,8 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
+from vrpsr_plugin.metrics.pretrained import quiet_pretrained_argument
+
 
 def build_lpips(net: str = 'alex', pretrained_backbone: bool = True) -> nn.Module:
     """LPIPS through the ``lpips`` package, frozen and in eval mode.
@@ -25,13 +27,12 @@ def build_lpips(net: str = 'alex', pretrained_backbone: bool = True) -> nn.Modul
     and smoke configs) but is *not* the LPIPS metric; this is logged.
     """
     import lpips  # imports torchvision's model zoo: only when a loss is built, not at registration
-    if pretrained_backbone:
-        model = lpips.LPIPS(net=net, verbose=False)
-    else:
+    if not pretrained_backbone:
         get_root_logger().warning(
             f'LPIPS({net}) uses a RANDOM backbone (lpips_pretrained_backbone: false): offline smoke/test setting, '
             'its values are not the LPIPS metric.')
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    with quiet_pretrained_argument():
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained_backbone, verbose=False)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)

@@ -4,10 +4,12 @@ Each loader runs the metric library's own pretrained loading (``lpips.LPIPS``, `
 ``piq.feature_extractors.InceptionV3``), which fetch their weights through torch.hub's checkpoint cache
 (``$TORCH_HOME/hub/checkpoints/<official file name>``). Offline, either put the official files there or pass explicit
 paths: they are linked under their official names into a private hub directory for the duration of the load.
-Where the weights cannot be obtained, :class:`MetricUnavailable` says why; there is never a random-backbone fallback.
+Nothing is downloaded: where a file is neither given nor in the cache, :class:`MetricUnavailable` says so at once,
+naming it (and there is never a random-backbone fallback).
 """
 import contextlib
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
@@ -55,11 +57,26 @@ def hub_with(files: Dict[str, Path]) -> Iterator[None]:
             torch.hub.set_dir(old_dir)
 
 
+@contextlib.contextmanager
+def quiet_pretrained_argument() -> Iterator[None]:
+    """Silence torchvision's deprecation warnings about the ``pretrained=`` argument that lpips and piq still pass
+    (nothing a user of this package can act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=UserWarning, module=r'torchvision\.models\._utils')
+        yield
+
+
 def _load(what: str, official: Sequence[str], paths: Sequence[Optional[str]], build):
-    """Run ``build()`` with ``paths`` standing in for the ``official`` files; wrap any failure as unavailable."""
+    """Run ``build()`` with ``paths`` standing in for the ``official`` files; MetricUnavailable, without trying a
+    download, when a file is neither given nor in the hub cache; any failure of the build is wrapped likewise."""
     given = {name: Path(p) for name, p in zip(official, paths) if p}
+    cache = Path(torch.hub.get_dir(), 'checkpoints')
+    missing = [name for name in official if name not in given and not (cache / name).is_file()]
+    if missing:
+        raise MetricUnavailable(f'{what}: pretrained weights unavailable: {", ".join(missing)} not found in {cache} '
+                                f'(no download is attempted); pass the file(s) explicitly or place them there')
     try:
-        with hub_with(given):
+        with hub_with(given), quiet_pretrained_argument():
             return build()
     except MetricUnavailable:
         raise
