@@ -731,7 +731,7 @@ def requirement_lines(path: Path) -> list:
 
 def test_registry_metadata_and_requirements():
     """pyproject.toml carries the Comfy registry's [tool.comfy] section and the same dependencies as the
-    requirements.txt ComfyUI-Manager installs: every package vrpsr_plugin needs, as lower bounds (no exact pins to
+    requirements.txt ComfyUI-Manager installs: vrpsr_plugin's own requirement lines (ranges, no exact pins to
     clash with ComfyUI's own), never torch/torchvision, each satisfied by the versions tested here."""
     import tomllib
     from importlib.metadata import version
@@ -742,7 +742,7 @@ def test_registry_metadata_and_requirements():
     requirements = requirement_lines(PACKAGE_DIR / 'requirements.txt')
     assert meta['project']['dependencies'] == requirements
     parsed = [Requirement(line) for line in requirements]
-    assert {r.name for r in parsed} == {Requirement(line).name for line in requirement_lines(REPO / 'requirements.txt')}
+    assert requirements == requirement_lines(REPO / 'requirements.txt')
     for req in parsed:
         assert req.name not in ('torch', 'torchvision') and '==' not in str(req.specifier)
         assert req.specifier.contains(version(req.name)), f'{req} does not admit the installed {version(req.name)}'
