@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run scripts/install.sh only if something it installs is missing: torch, torchvision, basicsr, every entry of
-# requirements.txt in its range, this checkout installed as the vrpsr_plugin package, and (--dev) pytest.
+# requirements.txt in its range, this checkout installed as the vrpsr_plugin package, and (--dev) pytest and Ray.
 # Idempotent, and about a second when everything is there.
 #   bash scripts/ensure_installed.sh [--dev] [--check]     (--check: only say what is missing; status 1 if any)
 set -euo pipefail
@@ -21,7 +21,7 @@ except ImportError:  # then presence only; install.sh brings packaging
     Requirement = None
 lines = [line.strip() for line in pathlib.Path('requirements.txt').read_text().splitlines()]
 reqs = ['torch', 'torchvision', 'basicsr'] + [line for line in lines if line and not line.startswith('#')]
-reqs += ['pytest', 'pytest-timeout'] if '--dev' in sys.argv else []
+reqs += ['pytest', 'pytest-timeout', 'psutil', 'ray'] if '--dev' in sys.argv else []  # extras dev + cluster
 missing = []
 for req in reqs:
     try:

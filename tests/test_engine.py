@@ -71,25 +71,36 @@ def test_bank_on_ray_is_byte_identical(ray_cluster, demo, reference_bank, tmp_pa
     assert tree(out) == tree(reference_bank)
 
 
-def test_ray_worker_killed_mid_shard_is_retried(ray_cluster, demo, reference_bank, tmp_path):
-    """SIGKILL a Ray worker while it runs an encode shard: Ray retries the shard; the bank is complete and the same."""
-    killed = []
+def worker_running_a_shard(engine: str):
+    """A worker process of ``engine`` (Ray's titles name the running task; pool workers are spawned children)."""
+    if engine == 'ray':
+        procs = psutil.process_iter(['cmdline'])
+        return next((p for p in procs if 'ray::_encode_shard' in ' '.join(p.info['cmdline'] or ())), None)
+    procs = psutil.Process().children()
+    return next((p for p in procs if 'spawn_main' in ' '.join(p.cmdline())), None)
+
+
+@pytest.mark.parametrize('engine', ['local', 'ray'])
+def test_worker_killed_mid_run_is_retried(engine, request, demo, reference_bank, tmp_path):
+    """SIGKILL one worker while the encode shards run: the engine re-runs its task; the bank is complete and the
+    same as the in-process one, with no temporary file left."""
+    if engine == 'ray':
+        request.getfixturevalue('ray_cluster')
+    out, killed = tmp_path / 'bank', []
 
     def kill_one_worker() -> None:
         deadline = time.time() + 120
         while not killed and time.time() < deadline:
-            for proc in psutil.process_iter(['cmdline']):
-                if 'ray::_encode_shard' in ' '.join(proc.info['cmdline'] or ()):  # Ray's title while it runs one
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed.append(proc.pid)
-                    break
+            proc = worker_running_a_shard(engine) if list(out.glob('gt/*.json')) else None
+            if proc is not None:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
             time.sleep(0.005)
 
     killer = threading.Thread(target=kill_one_worker)
     killer.start()
-    out = tmp_path / 'bank'
     try:
-        prepare_bank(str(demo), str(out), workers=2, engine='ray', **BANK)
+        prepare_bank(str(demo), str(out), workers=2, engine=engine, **BANK)
     finally:
         killed.append('stop')
         killer.join()

@@ -3,22 +3,23 @@
 vrpsr_plugin[cluster]``). See docs/cluster.md.
 
 A task is ``fn(*args)`` with ``fn`` a module-level function of the package (workers import it by name). Every task
-writes its shard atomically and skips work already on disk, so a retried task (Ray retries a task whose worker
-died) or a repeated run is harmless. :meth:`Engine.map` returns the results in task order whatever order the tasks
+writes its shard atomically and skips work already on disk, so a retried task (both engines re-run the tasks of a
+worker that died) or a repeated run is harmless. :meth:`Engine.map` returns the results in task order whatever order the tasks
 finished in, so the output does not depend on the engine or on the number of workers.
 """
 import ctypes
 import multiprocessing
 import os
 import signal
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, List, Optional, Sequence
 
 from tqdm import tqdm
 
 ENGINES = ('local', 'ray')
 RAY_INSTALL = 'pip install "vrpsr_plugin[cluster]" (or pip install "ray>=2.9")'
-TASK_RETRIES = 3  # Ray re-runs a task this many times when its worker process dies
+TASK_RETRIES = 3  # a task whose worker process died is re-run up to this many times
 
 
 def add_engine_arguments(parser: Any, default_workers: str) -> None:
@@ -107,25 +108,32 @@ class Engine:
         return results
 
     def _map_pool(self, fn: Callable, tasks: Sequence[tuple], results: list, done: Callable[[int], None]) -> None:
-        if self._pool is None:  # spawn: a forked copy of a process that already ran torch can hang in OpenMP
-            self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context('spawn'),
-                                             initializer=_die_with_parent)
-        futures = {self._pool.submit(fn, *task): i for i, task in enumerate(tasks)}
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    results[futures[future]] = future.result()  # re-raises a task's error with its message
-                    done(futures[future])
-        finally:
-            for future in pending:
-                future.cancel()
+        remaining = dict(enumerate(tasks))
+        for attempt in range(TASK_RETRIES + 1):
+            if self._pool is None:  # spawn: a forked copy of a process that already ran torch can hang in OpenMP
+                self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context('spawn'),
+                                                 initializer=_die_with_parent)
+            futures = {self._pool.submit(fn, *task): i for i, task in remaining.items()}
+            try:
+                for future in as_completed(futures):
+                    i = futures[future]
+                    results[i] = future.result()  # re-raises a task's error with its message
+                    done(i)
+                    del remaining[i]
+                return
+            except BrokenProcessPool:  # a worker died (killed, out of memory): retry what is unfinished
+                if attempt == TASK_RETRIES:
+                    raise
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+            finally:
+                for future in futures:
+                    future.cancel()
 
     def _map_ray(self, fn: Callable, tasks: Sequence[tuple], results: list, done: Callable[[int], None]) -> None:
         ray = self._ray
         remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(fn)
-        window = 2 * self.workers  # submitted but unfinished: a bounded queue, not millions of pending tasks
+        window = self.workers  # tasks submitted and unfinished: `workers` at once, not millions pending
         refs: dict = {}
         todo = iter(enumerate(tasks))
         try:
