@@ -7,7 +7,11 @@ is optional and only looked up at run time (``comfy_bridge``).
 import vrpsr_plugin  # noqa: F401  (compat shims and registries, before anything imports basicsr)
 
 from . import comfy_bridge
+from .eic_nodes import NODE_CLASS_MAPPINGS as _EIC_NODES, NODE_DISPLAY_NAME_MAPPINGS as _EIC_NAMES
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+NODE_CLASS_MAPPINGS = {**NODE_CLASS_MAPPINGS, **_EIC_NODES}  # ASSR-EIC image codec nodes (docs/eic.md)
+NODE_DISPLAY_NAME_MAPPINGS = {**NODE_DISPLAY_NAME_MAPPINGS, **_EIC_NAMES}
 
 comfy_bridge.register_model_folder()
 

@@ -215,7 +215,8 @@ def test_loaded_by_path_exposes_mappings(package):
     mappings, names = package.NODE_CLASS_MAPPINGS, package.NODE_DISPLAY_NAME_MAPPINGS
     assert set(mappings) == set(names)
     assert {'VRPSRLoadModel', 'VRPSRCodecCondition', 'VRPSRUpscale', 'VRPSRRecompress', 'VRPSRRecompressVideo',
-            'VRPSRCodecSimulator', 'VRPSRPostProcess', 'VRPSRExportPlainCheckpoint'} == set(mappings)
+            'VRPSRCodecSimulator', 'VRPSRPostProcess', 'VRPSRExportPlainCheckpoint', 'VRPSREICEncodeToFile',
+            'VRPSREICDecodeFromFile', 'VRPSREICPreview'} == set(mappings)
     assert all(isinstance(v, str) and v for v in names.values())
 
 

@@ -9,8 +9,8 @@ sampling, kept contiguous so that image losses and the discriminator apply), so 
 (seed, epoch, index) (:mod:`vrpsr_plugin.data.fresh_draws`): new each epoch, identical across workers and resumes.
 
 Returns ``lq`` (3 x lq_size x lq_size), ``cond`` (:func:`~vrpsr_plugin.archs.assr_eic_arch.assr_condition`),
-``coords`` (P*P x 2, (y, x) in [-1, 1], row-major), ``cell`` (2,), ``gt`` (3 x P x P, or 3 x R x R), ``scale``, ``qp``, ``codec``,
-``lq_bpp`` (bits per pixel of the coded picture), ``gt_path`` and ``lq_path`` (both the photo).
+``coords`` (P*P x 2, (y, x) in [-1, 1], row-major), ``cell`` (2,), ``gt`` (3 x P x P, or 3 x R x R), ``scale``,
+``qp``, ``codec``, ``lq_bpp`` (bits per pixel of the coded picture), ``gt_path`` and ``lq_path`` (both the photo).
 """
 import math
 from typing import Any, Dict

@@ -129,7 +129,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(calculate_psnr(a, b, crop_border=0))
 
 
-def _fit(lr: np.ndarray, codec: str, payload: int, qp_max: int, encode_kwargs: Dict[str, Any]):
+def fit_budget(lr: np.ndarray, codec: str, payload: int, qp_max: int, encode_kwargs: Dict[str, Any]):
     """``find_qp`` for the byte budget, then the QP stepped up until the bitstream fits (None: it never does)."""
     from vrpsr_plugin.codecs import encode, find_qp
     target = 8.0 * payload / (lr.shape[0] * lr.shape[1])
@@ -183,7 +183,7 @@ def encode_image(rgb: np.ndarray, codec: str, decoder: Decoder, bpp: Optional[fl
         seconds['downscale'] += time.perf_counter() - start
         start = time.perf_counter()
         result = encode(lr, codec, qp=int(qp), **kwargs) if qp is not None else \
-            _fit(lr, codec, payload, decoder.qp_range[1], kwargs)
+            fit_budget(lr, codec, payload, decoder.qp_range[1], kwargs)
         seconds['codec'] += time.perf_counter() - start
         s_true = (height * width / (size[0] * size[1])) ** 0.5
         if result is None or result.qp < decoder.qp_range[0]:

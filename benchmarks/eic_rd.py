@@ -1,0 +1,161 @@
+"""ASSR-EIC rate-distortion benchmark (seed 002): the shipped decoder against plain codecs and rescaling baselines.
+
+    python benchmarks/eic_rd.py [--images 6] [--size 256] [--targets 0.03,0.05,0.08,0.11,0.15] [--json out.json]
+
+On centre crops of photos never trained on (CSet14, then CBSD68; ../shared/data), at each target bpp:
+
+* ``x265`` / ``vvenc``: the plain codec at full size, QP from ``find_qp`` (bpp of the bitstream alone);
+* ``bicubic``: down-scale + x265 + bicubic up-scaling, s chosen from the same grid as ours by the best PSNR at a
+  bitstream within the budget (the same encoder-side search ASSR-EIC uses, so the baseline gets the same oracle);
+* ``realesrgan``: down-scale x4 + x265 + the released Real-ESRGAN x4plus (basicsr's RRDBNet);
+* ``assr_eic``: ``vrpsr eic encode`` with the shipped decoder (whole .vrp file, header included), dial 0.
+
+Prints per-method mean bpp / PSNR / MS-SSIM per target, BD-rate of ``assr_eic`` (mean over images of per-image
+BD-rates, pchip) against every other method on PSNR and MS-SSIM, and whether it beats ``bicubic`` at every target.
+"""
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import vrpsr_plugin  # noqa: F401  (compat shims before basicsr)
+from basicsr.metrics import calculate_psnr  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared'
+GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def photos(count: int, size: int) -> list:
+    from vrpsr_plugin.codecs import load_image
+    paths = sorted((SHARED / 'data' / 'CSet14').glob('*.png')) + sorted((SHARED / 'data' / 'CBSD68').glob('*.png'))
+    out = []
+    for path in paths:
+        img, note = load_image(path)
+        if note or min(img.shape[:2]) < size:  # skip grey (bridge) and small pictures
+            continue
+        top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+        out.append((path.stem, np.ascontiguousarray(img[top:top + size, left:left + size])))
+        if len(out) == count:
+            break
+    return out
+
+
+def fit(image, codec, target):
+    from vrpsr_plugin.codecs import find_qp
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        return find_qp(image, codec, target)
+
+
+def upscale_bicubic(rgb, size):
+    from PIL import Image
+    return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def realesrgan():
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+
+    from vrpsr_plugin.archs.checkpoint import load_state_dict_strict, read_checkpoint
+    path = SHARED / 'weights' / 'RealESRGAN_x4plus.pth'
+    net = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=4)
+    load_state_dict_strict(net, read_checkpoint(str(path)), source=str(path))
+    return net.eval()
+
+
+def run_image(rgb, targets, decoder, esrgan):
+    import torch
+    from basicsr.utils import tensor2img
+
+    from vrpsr_plugin.codecs.inputs import rgb_to_tensor
+    from vrpsr_plugin.eic.pipeline import encode_image, fit_budget
+    from vrpsr_plugin.eic.rescale import downscale, lr_size
+    from vrpsr_plugin.metrics.msssim_metric import calculate_ms_ssim
+    size = rgb.shape[:2]
+    pixels = size[0] * size[1]
+    rows = []
+
+    def add(method, target, bpp, rec, **extra):
+        rows.append(dict(method=method, target=target, bpp=bpp, psnr=float(calculate_psnr(rec, rgb, 0)),
+                         ms_ssim=calculate_ms_ssim(rec, rgb, 0), **extra))
+
+    for target in targets:
+        for codec, name in (('libx265', 'x265'), ('libvvenc', 'vvenc')):
+            r = fit(rgb, codec, target)
+            add(name, target, r.bpp, r.image, qp=r.qp)
+        best = None
+        for s in GRID:
+            r = fit_budget(downscale(rgb, lr_size(*size, s)), 'libx265', int(target * pixels / 8), 51, {})
+            if r is None:
+                continue
+            rec = upscale_bicubic(r.image, size)
+            psnr = calculate_psnr(rec, rgb, 0)
+            if best is None or psnr > best[0]:
+                best = (psnr, s, r, rec)
+        if best is not None:
+            add('bicubic', target, 8.0 * best[2].num_bytes / pixels, best[3], s=best[1], qp=best[2].qp)
+        lr = lr_size(*size, 4.0)
+        r = fit(downscale(rgb, lr), 'libx265', target * pixels / (lr[0] * lr[1]))
+        with torch.no_grad():
+            rec = tensor2img(esrgan(rgb_to_tensor(r.image)[None]).clamp_(0, 1), rgb2bgr=False)
+        add('realesrgan', target, 8.0 * r.num_bytes / pixels, rec, qp=r.qp)
+        enc = encode_image(rgb, 'libx265', decoder, bpp=target, scales=GRID, dial=0.0)
+        add('assr_eic', target, 8.0 * len(enc.data) / pixels, enc.restored, s=enc.chosen.scale, qp=enc.chosen.qp)
+    return rows
+
+
+def main() -> int:
+    import torch
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--images', type=int, default=6)
+    parser.add_argument('--size', type=int, default=256)
+    parser.add_argument('--targets', default='0.03,0.05,0.08,0.11,0.15')
+    parser.add_argument('--decoder', help='decoder .safetensors (default: the shipped one)')
+    parser.add_argument('--json', help='write every row here')
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from vrpsr_plugin.eic.pipeline import load_decoder
+    from vrpsr_plugin.evaluation.bdrate import bd_rate
+    targets = [float(t) for t in args.targets.split(',')]
+    decoder, esrgan = load_decoder(args.decoder), realesrgan()
+    rows = []
+    for name, rgb in photos(args.images, args.size):
+        start = time.perf_counter()
+        rows += [dict(row, image=name) for row in run_image(rgb, targets, decoder, esrgan)]
+        print(f'{name}: {time.perf_counter() - start:.0f} s', file=sys.stderr, flush=True)
+    if args.json:
+        from vrpsr_plugin.atomic_io import write_json
+        write_json(args.json, rows)
+    methods = list(dict.fromkeys(r['method'] for r in rows))
+    images = list(dict.fromkeys(r['image'] for r in rows))
+    print(f'{len(images)} images ({", ".join(images)}), {args.size}x{args.size} centre crops')
+    print('method      target   bpp     PSNR    MS-SSIM')
+    for method in methods:
+        for target in targets:
+            sel = [r for r in rows if r['method'] == method and r['target'] == target]
+            if sel:
+                mean = {k: statistics.mean(r[k] for r in sel) for k in ('bpp', 'psnr', 'ms_ssim')}
+                print(f'{method:10s}  {target:.3f}  {mean["bpp"]:.4f}  {mean["psnr"]:6.2f}  {mean["ms_ssim"]:.4f}')
+    for anchor in [m for m in methods if m != 'assr_eic']:
+        for metric in ('psnr', 'ms_ssim'):
+            values = []
+            for image in images:
+                curve = {m: sorted((r['bpp'], r[metric]) for r in rows if r['image'] == image and r['method'] == m)
+                         for m in (anchor, 'assr_eic')}
+                value, _ = bd_rate(*zip(*curve[anchor]), *zip(*curve['assr_eic']))
+                if np.isfinite(value):
+                    values.append(value)
+            mean = f'{statistics.mean(values):+.1f}%' if values else 'n/a'
+            print(f'BD-rate assr_eic vs {anchor:10s} on {metric:7s}: {mean} (mean over {len(values)} images)')
+    wins = [statistics.mean(r['psnr'] for r in rows if r['method'] == 'assr_eic' and r['target'] == t) >
+            statistics.mean(r['psnr'] for r in rows if r['method'] == 'bicubic' and r['target'] == t)
+            for t in targets]
+    print(f'assr_eic above bicubic rescaling (mean PSNR) at {sum(wins)}/{len(targets)} targets')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
