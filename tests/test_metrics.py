@@ -44,11 +44,15 @@ def test_lpips_and_dists_need_real_weights(empty_hub, tmp_path):
         METRIC_REGISTRY.get('calculate_lpips')(image, image, crop_border=0, lpips_weights=str(tmp_path / 'no.pth'))
 
 
-def test_missing_weights_are_reported_once_without_download_attempts(empty_hub, capfd):
+def test_missing_weights_are_reported_once_without_download_attempts(empty_hub, capfd, monkeypatch):
     import warnings
+    from unittest import mock
 
     from vrpsr_plugin.evaluation.metric_suite import MetricSuite
-    from vrpsr_plugin.losses.vrpsr_loss import build_lpips
+    from vrpsr_plugin.losses import vrpsr_loss
+    logger = mock.Mock()
+    monkeypatch.setattr(vrpsr_loss, 'get_root_logger', lambda: logger)
+    vrpsr_loss._warn_random_backbone.cache_clear()
     suite = MetricSuite.load(('lpips', 'dists', 'fid'))
     for name, files in (('lpips', ['alexnet-owt-7be5be79.pth']), ('dists', ['dists_weights.pt', 'vgg16-397923af.pth']),
                         ('fid', ['pt_inception-2015-12-05-6726825d.pth'])):
@@ -56,10 +60,12 @@ def test_missing_weights_are_reported_once_without_download_attempts(empty_hub, 
         assert 'no download is attempted' in reason and all(f in reason for f in files), reason
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        build_lpips('alex', pretrained_backbone=False)  # the offline smoke stand-in: no torchvision deprecation noise
+        for _ in range(3):  # the offline smoke stand-in: no torchvision deprecation noise, its warning logged once
+            vrpsr_loss.build_lpips('alex', pretrained_backbone=False)
     assert [str(w.message) for w in caught if 'deprecated' in str(w.message)] == []
     out, err = capfd.readouterr()
     assert 'Downloading' not in out + err
+    assert logger.warning.call_count == 1 and 'RANDOM backbone' in logger.warning.call_args[0][0]
 
 
 def test_hub_with_links_files_under_official_names(tmp_path):

@@ -5,6 +5,7 @@ in place of X^). The GAN term is the generator side of BasicSR's ``GANLoss`` on 
 prediction; the model owning the discriminator passes them in (``fake_logits``) and trains the discriminator with
 ``gan_loss(..., is_disc=True)``. Images are ``B x 3 x H x W`` in ``[0, 1]``.
 """
+import functools
 from collections import OrderedDict
 from typing import Any, Dict, Optional
 
@@ -19,6 +20,14 @@ from torch.nn import functional as F
 from vrpsr_plugin.metrics.pretrained import quiet_pretrained_argument
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_random_backbone(net: str) -> None:
+    """Say once per process (not once per LPIPS built) that LPIPS(net) has a random backbone."""
+    get_root_logger().warning(
+        f'LPIPS({net}) uses a RANDOM backbone (lpips_pretrained_backbone: false): offline smoke/test setting, '
+        'its values are not the LPIPS metric.')
+
+
 def build_lpips(net: str = 'alex', pretrained_backbone: bool = True) -> nn.Module:
     """LPIPS through the ``lpips`` package, frozen and in eval mode.
 
@@ -28,9 +37,7 @@ def build_lpips(net: str = 'alex', pretrained_backbone: bool = True) -> nn.Modul
     """
     import lpips  # imports torchvision's model zoo: only when a loss is built, not at registration
     if not pretrained_backbone:
-        get_root_logger().warning(
-            f'LPIPS({net}) uses a RANDOM backbone (lpips_pretrained_backbone: false): offline smoke/test setting, '
-            'its values are not the LPIPS metric.')
+        _warn_random_backbone(net)
     with quiet_pretrained_argument():
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=not pretrained_backbone, verbose=False)
     model.eval()
