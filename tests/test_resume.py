@@ -39,6 +39,9 @@ def assert_same_run(root: Path, a: str, b: str, it: int) -> None:
         y = torch.load(root / f'experiments/{b}/models/{net}_{it}.pth', weights_only=True)
         assert x.keys() == y.keys()
         for key in x:
+            if key == 'arch':  # the net's arch spec, not weights
+                assert x[key] == y[key]
+                continue
             for param, tensor in x[key].items():
                 assert torch.equal(tensor, y[key][param]), (net, key, param)
     sa, sb = (torch.load(root / f'experiments/{n}/training_states/{it}.state', weights_only=False) for n in (a, b))
