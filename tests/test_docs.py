@@ -67,7 +67,18 @@ def check_produced(ref: str, where: Path, names: set, written: set) -> List[str]
 def subcommand_options(name: str) -> set:
     parser = argparse.ArgumentParser()
     importlib.import_module(SUBCOMMANDS[name][0]).add_arguments(parser)
-    return {s for action in parser._actions for s in action.option_strings} | {'--debug'}
+    return _options(parser) | {'--debug'}
+
+
+def _options(parser: argparse.ArgumentParser) -> set:
+    """Option strings of ``parser`` and of its nested sub-commands (``vrpsr eic encode ...``)."""
+    found = set()
+    for action in parser._actions:
+        found |= set(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _options(sub)
+    return found
 
 
 def check_command(line: str, where: Path) -> List[str]:

@@ -94,7 +94,7 @@ def test_decoder_serves_only_what_it_was_trained_for(tiny_decoder, tmp_path):
     not_a_decoder = tmp_path / 'x.safetensors'
     from safetensors.torch import save_file
     save_file({'w': torch.zeros(1)}, str(not_a_decoder))
-    with pytest.raises(RuntimeError, match='not an ASSR-EIC decoder'):
+    with pytest.raises(ValueError, match='not an ASSR-EIC decoder'):
         load_decoder(not_a_decoder)
 
 

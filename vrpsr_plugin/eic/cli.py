@@ -48,15 +48,7 @@ def _read(path: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vrpsr_plugin.codecs import CodecError
-    try:
-        return _run(args)
-    except (OSError, ValueError, RuntimeError, CodecError) as exc:
-        print(f'vrpsr eic {args.eic_command}: error: {exc}', file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Errors end as ``vrpsr eic: error: ...`` with status 2 (:mod:`vrpsr_plugin.commands`)."""
     from vrpsr_plugin.eic.container import EICFile
     if args.eic_command == 'info':
         eic = EICFile.from_bytes(_read(args.input), args.input)

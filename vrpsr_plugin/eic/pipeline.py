@@ -74,9 +74,9 @@ def load_decoder(path: Optional[Union[str, Path]] = None) -> Decoder:
         with safe_open(str(path), 'pt') as handle:
             meta = handle.metadata() or {}
     except Exception as err:
-        raise RuntimeError(f'cannot read {path} as safetensors: {err}') from err
+        raise ValueError(f'cannot read {path} as safetensors: {err}') from err
     if meta.get('format') != DECODER_FORMAT:
-        raise RuntimeError(f'{path} is not an ASSR-EIC decoder ({DECODER_FORMAT}); its format is '
+        raise ValueError(f'{path} is not an ASSR-EIC decoder ({DECODER_FORMAT}); its format is '
                            f'{meta.get("format")!r}')
     net = build_network(json.loads(meta['arch']))
     load_state_dict_strict(net, read_checkpoint(str(path)), source=str(path))
