@@ -17,6 +17,8 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from tqdm import tqdm
 
+from vrpsr_plugin.commands import UserError
+
 ENGINES = ('local', 'ray')
 RAY_INSTALL = 'pip install "vrpsr_plugin[cluster]" (or pip install "ray>=2.9")'
 TASK_RETRIES = 3  # a task whose worker process died is re-run up to this many times
@@ -33,7 +35,7 @@ def add_engine_arguments(parser: Any, default_workers: str) -> None:
                              'process')
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Pool worker initializer: SIGTERM unwinds the worker (its ffmpeg children are killed by their ``finally``,
     :mod:`vrpsr_plugin.commands`), and the kernel sends it SIGTERM when the process that started it dies (Linux)."""
     from vrpsr_plugin.commands import unwind_on_termination
@@ -42,6 +44,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: workers then exit when they find the pool's pipe closed
+    if os.getppid() != parent:  # the parent died while this worker was starting, before the signal was armed
+        os._exit(1)
 
 
 class Engine:
@@ -62,7 +66,7 @@ class Engine:
             try:
                 import ray
             except ImportError as error:
-                raise RuntimeError(f'--engine ray needs Ray, which is not installed: {RAY_INSTALL}') from error
+                raise UserError(f'--engine ray needs Ray, which is not installed: {RAY_INSTALL}') from error
             if not ray.is_initialized():  # else: join the session the caller started
                 ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
@@ -112,7 +116,7 @@ class Engine:
         for attempt in range(TASK_RETRIES + 1):
             if self._pool is None:  # spawn: a forked copy of a process that already ran torch can hang in OpenMP
                 self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context('spawn'),
-                                                 initializer=_die_with_parent)
+                                                 initializer=_die_with_parent, initargs=(os.getpid(),))
             futures = {self._pool.submit(fn, *task): i for i, task in remaining.items()}
             try:
                 for future in as_completed(futures):
