@@ -1,6 +1,7 @@
 """DiffusionCodecSimulator / CodecAwareS3Diff on a tiny random SD-Turbo-layout folder (same code path as the
 full model: the components' real from_pretrained)."""
 import copy
+import json
 import os
 
 import pytest
@@ -345,6 +346,40 @@ def test_basicsr_build_save_load_round_trip(sd_path, small, tmp_path):
     model.load_network(fresh, str(path), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(small, COND), net.eval()(small, COND), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('route', ['training_pth', 'safetensors', 'save_pretrained_file'])
+def test_trained_checkpoint_rebuilds_without_an_option_file(sd_path, small, tmp_path, route):
+    """A LoRA/FiLM-only checkpoint carries its arch spec (base path, ranks, codecs...): a training checkpoint
+    (BasicSR save_network), a save_model .safetensors (JSON metadata) and save_pretrained's trainable file all load
+    with inference.load_model alone, strictly."""
+    from vrpsr_plugin import basicsr_fixes
+    from vrpsr_plugin.inference import load_model, save_model
+    torch.manual_seed(0)
+    net = CodecAwareS3Diff(sd_path, scale=2, lora_alpha=8, **OPTS)
+    perturb_trainable(net, seed=3)
+    if route == 'training_pth':
+        basicsr_fixes.apply()
+        model = BaseModel({'num_gpu': 0, 'is_train': False, 'dist': False, 'path': {'models': str(tmp_path)}})
+        model.save_network([net, net], 'net_g', 5, param_key=['params', 'params_ema'])
+        path = tmp_path / 'net_g_5.pth'
+    elif route == 'safetensors':
+        save_model(net, str(tmp_path / 'net.safetensors'))
+        path = tmp_path / 'net.safetensors'
+    else:
+        net.save_pretrained(str(tmp_path / 'dir'))
+        path = tmp_path / 'dir' / TRAINABLE_FILE
+    loaded = load_model(str(path))
+    assert type(loaded) is CodecAwareS3Diff and loaded.config == net.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(small[..., :8, :8], COND), net.eval()(small[..., :8, :8], COND))
+    if route == 'safetensors':  # strict: a foreign key is an error naming it
+        from safetensors.torch import load_file, save_file
+        from vrpsr_plugin.inference import stored_arch_spec
+        state = {**load_file(str(path)), 'unet.extra.lora_A.weight': torch.zeros(1)}
+        save_file(state, str(path), metadata={'arch': json.dumps(stored_arch_spec(str(path), None))})
+        with pytest.raises(RuntimeError, match=r'unexpected \(1\): unet\.extra\.lora_A\.weight'):
+            load_model(str(path))
 
 
 def test_s3diff_backbone_upsamples_and_is_conditioned(sd_path, small):

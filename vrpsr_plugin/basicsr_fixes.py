@@ -99,13 +99,16 @@ def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 def save_network(self: BaseModel, net, net_label: str, current_iter: int, param_key='params') -> None:
     """basicsr's ``models/<net_label>_<iter>.pth`` (``latest`` for -1): ``{param_key: state on the CPU}`` for one
-    net or lists of nets and keys, written atomically."""
+    net or lists of nets and keys, plus ``'arch'`` (the net's ``arch_spec``) when it has one, written atomically."""
     nets = net if isinstance(net, list) else [net]
     keys = param_key if isinstance(param_key, list) else [param_key]
     if len(nets) != len(keys):
         raise ValueError(f'{len(nets)} networks but {len(keys)} param keys')
     save = {key: {k[len('module.'):] if k.startswith('module.') else k: v.cpu()
                   for k, v in self.get_bare_model(n).state_dict().items()} for n, key in zip(nets, keys)}
+    spec = getattr(self.get_bare_model(nets[0]), 'arch_spec', None)
+    if spec is not None:  # inference.load_model rebuilds the net from the file alone
+        save['arch'] = spec
     name = f'{net_label}_{"latest" if current_iter == -1 else current_iter}.pth'
     torch_save(save, os.path.join(self.opt['path']['models'], name))
 

@@ -16,7 +16,7 @@ from basicsr.archs.srvgg_arch import SRVGGNetCompact
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from vrpsr_plugin.atomic_io import torch_save
+from vrpsr_plugin.atomic_io import torch_save, write_bytes
 from vrpsr_plugin.archs.checkpoint import load_checkpoint_file, load_state_dict_strict, unwrap_state_dict
 from vrpsr_plugin.archs.condition_heads import HEADS_PREFIX
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS
@@ -57,13 +57,29 @@ def load_model(path: str, device: Any = 'cpu', **arch_overrides: Any) -> nn.Modu
 
 
 def save_model(model: nn.Module, path: str) -> None:
-    """Write ``{'params_ema': state, 'arch': model.arch_spec}`` atomically, so ``load_model`` rebuilds the
-    codec-aware net exactly (codec order included) without guessing from shapes."""
+    """Write ``{'params_ema': state, 'arch': model.arch_spec}`` atomically (``.safetensors``: the state with the
+    spec as JSON metadata ``arch``), so ``load_model`` rebuilds the net exactly (codec order, diffusion base and
+    LoRA ranks included) without guessing from shapes."""
     spec = getattr(model, 'arch_spec', None)
     if spec is None:
         raise TypeError(f'{type(model).__name__} has no arch_spec; save it with basicsr instead')
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch_save({'params_ema': state, 'arch': spec}, path)
+    if os.fspath(path).endswith('.safetensors'):
+        from safetensors.torch import save
+        write_bytes(path, save(state, metadata={'arch': json.dumps(spec)}))
+    else:
+        torch_save({'params_ema': state, 'arch': spec}, path)
+
+
+def stored_arch_spec(path: str, raw: Any) -> Optional[Dict[str, Any]]:
+    """The ``arch`` spec stored with a checkpoint (a ``.pth``'s ``'arch'`` entry, a ``.safetensors`` file's
+    metadata), or None."""
+    if os.fspath(path).endswith('.safetensors'):
+        from safetensors import safe_open
+        with safe_open(path, framework='pt') as handle:
+            text = (handle.metadata() or {}).get('arch')
+        return dict(json.loads(text)) if text else None
+    return dict(raw['arch']) if isinstance(raw, Mapping) and isinstance(raw.get('arch'), Mapping) else None
 
 
 def build_from_spec(spec: Mapping[str, Any]) -> nn.Module:
@@ -89,9 +105,9 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
 
 def _load_checkpoint(path: str, overrides: Dict[str, Any]) -> nn.Module:
     raw = load_checkpoint_file(path)
-    spec = raw.get('arch') if isinstance(raw, Mapping) and isinstance(raw.get('arch'), Mapping) else None
+    spec = stored_arch_spec(path, raw)
     state = unwrap_state_dict(raw, source=path)
-    spec = dict(spec) if spec is not None else detect_arch(state, overrides)
+    spec = spec if spec is not None else detect_arch(state, overrides)
     spec.update(overrides)
     model = build_from_spec(spec)
     load_weights(model, state, path)

@@ -300,14 +300,21 @@ class OneStepCodecDiffusion(nn.Module):
         incompatible.missing_keys[:] = [k for k in incompatible.missing_keys
                                         if not (k.startswith(prefix) and k[len(prefix):] in self._base_keys)]
 
+    @property
+    def arch_spec(self) -> Dict[str, Any]:
+        """``{'type': registry name, **config}``: what rebuilds this net (the base is named by
+        ``pretrained_model_name_or_path``); stored with every checkpoint so ``inference.load_model`` needs no
+        option file."""
+        return {'type': type(self).__name__, **self.config}
+
     def save_pretrained(self, directory: str) -> None:
-        """Write the trainable part (``trainable.safetensors``) and ``config.json`` (which names the base)."""
-        os.makedirs(directory, exist_ok=True)
+        """Write the trainable part (``trainable.safetensors``, its metadata ``arch`` = :attr:`arch_spec`) and
+        ``config.json`` (which names the base), each atomically."""
+        from safetensors.torch import save
+        from vrpsr_plugin.atomic_io import write_bytes, write_json
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        from safetensors.torch import save_file
-        save_file(state, os.path.join(directory, TRAINABLE_FILE))
-        with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
-            json.dump({'type': type(self).__name__, **self.config}, f, indent=2)
+        write_bytes(os.path.join(directory, TRAINABLE_FILE), save(state, metadata={'arch': json.dumps(self.arch_spec)}))
+        write_json(os.path.join(directory, CONFIG_FILE), self.arch_spec)
 
     @classmethod
     def from_pretrained(cls, directory: str, **overrides: Any) -> 'OneStepCodecDiffusion':
