@@ -149,6 +149,16 @@ def test_cited_paths_and_commands_exist(path):
     assert references(path) == []
 
 
+def test_cited_top_level_documents_exist():
+    """``DESIGN.md``-style mentions anywhere in the package, scripts, docs and options name files that exist."""
+    files = [p for ext in ('py', 'md', 'txt', 'sh', 'yml', 'toml') for p in REPO.rglob(f'*.{ext}')
+             if p != Path(__file__) and not any(part.startswith('.') for part in p.relative_to(REPO).parts)]
+    problems = [f'{rel(path)}: {name} does not exist' for path in files
+                for name in set(re.findall(r'\b([A-Z][A-Z_]+\.md)\b', path.read_text(errors='replace')))
+                if not any((folder / name).is_file() for folder in (REPO, REPO / 'docs', path.parent))]
+    assert problems == []
+
+
 def test_the_checker_finds_the_broken_references_it_is_for(tmp_path):
     bad = tmp_path / 'probe.md'
     bad.write_text('Run `python -m vrpsr_plugin.train -opt options/smoke/vrpsr_realesrgan.yml`, then '
