@@ -9,6 +9,8 @@ half-written checkpoint. Applied by our train/test entry points; site-packages i
   The training state also holds the RNG states (python, NumPy, torch CPU and CUDA), so a resumed run is exact.
 - ``BaseModel.load_network`` turns an unreadable or mismatched pretrained file into a
   :class:`~vrpsr_plugin.archs.checkpoint.CheckpointError` naming the file.
+- ``init_dist`` / ``BaseModel.model_to_device`` run DDP on CPUs (gloo) as well as GPUs
+  (:mod:`vrpsr_plugin.distributed`).
 - ``parse_options`` resolves relative ``path.pretrain_network_*`` / ``path.resume_state`` against $VRPSR_ROOT.
 - The train pipeline's sampler becomes :class:`~vrpsr_plugin.data.fresh_draws.FreshDrawSampler`, which gives the
   plugin's datasets a fresh, reproducible draw every epoch.
@@ -162,7 +164,9 @@ def parse_options(root: str, is_train: bool = True):
 
 def apply() -> None:
     """Install the replacements into basicsr's train module and BaseModel (idempotent)."""
+    from vrpsr_plugin import distributed
     from vrpsr_plugin.data.fresh_draws import FreshDrawSampler
+    distributed.apply()  # DDP on GPUs (NCCL) and CPUs (gloo)
     basicsr_train.load_resume_state = load_resume_state
     basicsr_train.EnlargedSampler = FreshDrawSampler
     BaseModel.save_network = save_network

@@ -108,10 +108,12 @@ def colour_filter(spec: CodecSpec) -> str:
 def encode_ffmpeg(raw: bytes, width: int, height: int, spec: CodecSpec, options: Options, ffmpeg: str,
                   timeout: float) -> bytes:
     """Planar yuv420 ``raw`` -> the codec's elementary bitstream (one intra picture)."""
+    from vrpsr_plugin.distributed import codec_threads
     require_encoder(ffmpeg, spec)
+    threads = codec_threads()
     args = ['-f', 'rawvideo', '-pix_fmt', spec.pix_fmt, '-s', f'{width}x{height}', '-r', '25', '-i', 'pipe:0',
             '-frames:v', '1', '-vf', colour_filter(spec), '-c:v', spec.encoder, *option_args(options),
-            '-pix_fmt', spec.pix_fmt,
+            *(['-threads', str(threads)] if threads else []), '-pix_fmt', spec.pix_fmt,
             '-f', spec.muxer, 'pipe:1']
     out = run_ffmpeg(ffmpeg, args, raw, timeout)
     if not out:

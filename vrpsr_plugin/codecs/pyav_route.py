@@ -48,6 +48,7 @@ def _frame(planes: Planes, width: int, height: int, spec: CodecSpec):
 def encode_pyav(planes: Planes, width: int, height: int, spec: CodecSpec, options: Options) -> bytes:
     """yuv420p planes -> elementary bitstream, in process."""
     import av
+    from vrpsr_plugin.distributed import codec_threads
     if not supports(spec):
         raise EncoderUnavailableError(f'PyAV has no {spec.encoder!r} encoder or {spec.pyav_decoder!r} decoder; '
                                       f"use route='ffmpeg'")
@@ -57,6 +58,9 @@ def encode_pyav(planes: Planes, width: int, height: int, spec: CodecSpec, option
         ctx.time_base = Fraction(1, 25)
         ctx.framerate = Fraction(25, 1)
         ctx.thread_type = 'FRAME'  # PyAV defaults to slice threads: x264 would split the picture into slices
+        threads = codec_threads()  # per-rank share of the cores under DDP (vrpsr_plugin.distributed)
+        if threads:
+            ctx.thread_count = threads
         ctx.options = dict(options)
         for key, (_, code) in spec.colour().items():
             setattr(ctx, key, code)
