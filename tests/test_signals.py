@@ -85,11 +85,14 @@ def test_vrpsr_compress_kills_its_ffmpeg(tmp_path, photo, signum):
     assert 'vrpsr compress: ' in out and not (tmp_path / 'out.png').exists()
 
 
-def test_training_kills_its_ffmpeg(tmp_path):
+@pytest.mark.parametrize('workers', [0, 1])
+def test_training_kills_its_ffmpeg(tmp_path, workers):
+    """In the training process itself, and in a DataLoader worker (torch's worker SIGTERM handler exits at once)."""
     write_demo_images(tmp_path / 'datasets/demo/train', size=48, per_photo=1, names=['astronaut', 'coffee'])
     write_demo_images(tmp_path / 'datasets/demo/val', size=48, per_photo=1, names=['chelsea'])
     proc, pids = start(tmp_path, ['-m', 'vrpsr_plugin.train', '-opt', str(REPO / 'options/smoke/train_simulator.yml'),
-                                  '--force_yml', "datasets:train:codecs=['libvvenc']", 'datasets:train:gt_size=32'])
+                                  '--force_yml', "datasets:train:codecs=['libvvenc']", 'datasets:train:gt_size=32',
+                                  f'datasets:train:num_worker_per_gpu={workers}'])
     out = stop(proc, pids, signal.SIGTERM)
     assert 'train.py: terminated' in out
 

@@ -9,6 +9,7 @@
 
 Imports nothing heavy: the CLI starts fast.
 """
+import os
 import signal
 import sys
 import traceback
@@ -44,6 +45,20 @@ def unwind_on_termination() -> None:
     """Make SIGTERM and SIGHUP raise :class:`Terminated` (idempotent; main thread only)."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_terminated)
+
+
+def stop_with_parent(parent: int) -> None:
+    """Initializer of worker processes (DataLoader, process pools): SIGTERM unwinds the worker (its ffmpeg children
+    are killed by their ``finally``), and the kernel sends it SIGTERM when ``parent`` (the pid that started it)
+    dies (Linux). A worker whose parent already died exits."""
+    unwind_on_termination()
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: workers exit when they find their queue or pipe closed
+    if os.getppid() != parent:  # the parent died while this worker was starting, before the signal was armed
+        os._exit(1)
 
 
 def run_command(prog: str, main: Callable[[], int], debug: bool = False) -> int:

@@ -7,17 +7,15 @@ writes its shard atomically and skips work already on disk, so a retried task (b
 worker that died) or a repeated run is harmless. :meth:`Engine.map` returns the results in task order whatever order the tasks
 finished in, so the output does not depend on the engine or on the number of workers.
 """
-import ctypes
 import multiprocessing
 import os
-import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from vrpsr_plugin.commands import UserError
+from vrpsr_plugin.commands import UserError, stop_with_parent
 
 ENGINES = ('local', 'ray')
 RAY_INSTALL = 'pip install "vrpsr_plugin[cluster]" (or pip install "ray>=2.9")'
@@ -33,19 +31,6 @@ def add_engine_arguments(parser: Any, default_workers: str) -> None:
     parser.add_argument('--workers', type=int, default=None,
                         help=f'tasks run at once (default: {default_workers}); 1 with --engine local runs in this '
                              'process')
-
-
-def _die_with_parent(parent: int) -> None:
-    """Pool worker initializer: SIGTERM unwinds the worker (its ffmpeg children are killed by their ``finally``,
-    :mod:`vrpsr_plugin.commands`), and the kernel sends it SIGTERM when the process that started it dies (Linux)."""
-    from vrpsr_plugin.commands import unwind_on_termination
-    unwind_on_termination()
-    try:
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: workers then exit when they find the pool's pipe closed
-    if os.getppid() != parent:  # the parent died while this worker was starting, before the signal was armed
-        os._exit(1)
 
 
 class Engine:
@@ -116,7 +101,7 @@ class Engine:
         for attempt in range(TASK_RETRIES + 1):
             if self._pool is None:  # spawn: a forked copy of a process that already ran torch can hang in OpenMP
                 self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context('spawn'),
-                                                 initializer=_die_with_parent, initargs=(os.getpid(),))
+                                                 initializer=stop_with_parent, initargs=(os.getpid(),))
             futures = {self._pool.submit(fn, *task): i for i, task in remaining.items()}
             try:
                 for future in as_completed(futures):

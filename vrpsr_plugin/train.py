@@ -15,9 +15,10 @@ The loop is basicsr 1.4.2's ``train_pipeline`` made exact and tidy:
   RNG untouched. Networks (EMA, discriminator, simulator), optimisers and schedulers resume as in basicsr.
 - Nothing is created on disk before the datasets and the model are built, so a failed start leaves no empty
   ``experiments/<name>`` or ``tb_logger/<name>``; user errors print one ``error:`` line (status 2; ``--debug``
-  shows the traceback) and SIGTERM unwinds (:mod:`vrpsr_plugin.commands`).
+  shows the traceback) and SIGTERM unwinds, DataLoader workers included (:mod:`vrpsr_plugin.commands`).
 - The last iteration is validated once (basicsr validates again after saving ``net_g_latest``).
 """
+import functools
 import itertools
 import logging
 import os
@@ -25,12 +26,12 @@ import os.path as osp
 import sys
 import time
 from logging.handlers import MemoryHandler
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional
 
 if __package__ in (None, ''):  # run as a script: put the repository root, not this folder, on sys.path
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-from vrpsr_plugin.commands import run_command  # noqa: E402
+from vrpsr_plugin.commands import run_command, stop_with_parent  # noqa: E402
 
 BASICSR_LOG_FORMAT = '%(asctime)s %(levelname)s: %(message)s'
 
@@ -55,6 +56,14 @@ class SkipFirstSampler:
 
     def __len__(self) -> int:
         return len(self.sampler) - self.skip
+
+
+def _init_worker(basicsr_init: Optional[Callable[[int], None]], parent: int, worker_id: int) -> None:
+    """DataLoader worker: stops with the training process and unwinds on SIGTERM (torch's own handler exits at
+    once, which would leave its ffmpeg running), then basicsr's seeding."""
+    stop_with_parent(parent)
+    if basicsr_init is not None:
+        basicsr_init(worker_id)
 
 
 def _epoch_generator(seed: int, epoch: int):
@@ -100,6 +109,7 @@ def _train(opt: Dict[str, Any], args: Any, logger: logging.Logger, buffer: Memor
     sampler = SkipFirstSampler(train_sampler)
     train_loader = build_dataloader(train_loader.dataset, train_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                     sampler=sampler, seed=opt['manual_seed'])
+    train_loader.worker_init_fn = functools.partial(_init_worker, train_loader.worker_init_fn, os.getpid())
     per_epoch = len(train_loader)
     if per_epoch == 0:
         raise ValueError(f'the training set ({len(train_loader.dataset)} samples x dataset_enlarge_ratio) gives no '
@@ -135,14 +145,10 @@ def _train(opt: Dict[str, Any], args: Any, logger: logging.Logger, buffer: Memor
     tb_logger = init_tb_loggers(opt)
     msg_logger = MessageLogger(opt, current_iter, tb_logger)
     prefetch_mode = train_opt.get('prefetch_mode')
-    if prefetch_mode in (None, 'cpu'):
-        prefetcher = CPUPrefetcher(train_loader)
-    elif prefetch_mode == 'cuda':
-        if train_opt.get('pin_memory') is not True:
-            raise ValueError('prefetch_mode cuda needs pin_memory: true')
-        prefetcher = CUDAPrefetcher(train_loader, opt)
-    else:
+    if prefetch_mode not in (None, 'cpu', 'cuda'):
         raise ValueError(f"prefetch_mode must be ~, 'cpu' or 'cuda', got {prefetch_mode!r}")
+    if prefetch_mode == 'cuda' and train_opt.get('pin_memory') is not True:
+        raise ValueError('prefetch_mode cuda needs pin_memory: true')
 
     logger.info(f'Start training from epoch: {current_iter // per_epoch}, iter: {current_iter}')
     val_opt = opt.get('val')
@@ -160,7 +166,8 @@ def _train(opt: Dict[str, Any], args: Any, logger: logging.Logger, buffer: Memor
         sampler.skip = done * train_loader.batch_size
         sampler.set_epoch(epoch)
         train_loader.generator = _epoch_generator(opt['manual_seed'], epoch)
-        prefetcher.reset()
+        # a prefetcher starts its epoch's iterator (and workers) when built; basicsr's reset() started a second one
+        prefetcher = CUDAPrefetcher(train_loader, opt) if prefetch_mode == 'cuda' else CPUPrefetcher(train_loader)
         train_data = prefetcher.next()
         while train_data is not None:
             data_timer.record()
