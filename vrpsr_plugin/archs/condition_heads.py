@@ -5,7 +5,7 @@ The last linear layer of every head is zero-initialised, so a conditioned networ
 initialisation.
 """
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -72,6 +72,15 @@ class CodecAwareMixin:
     def arch_spec(self) -> Dict[str, Any]:
         """``{'type': registry name, **options}``: rebuilds this net with ``basicsr.archs.build_network``."""
         return {'type': type(self).__name__, **self.arch_options}
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``; strict loading also takes a plain checkpoint (one without any condition
+        head key: the heads stay zero, App. B.3), so stage 2's ``pretrain_network_g`` can be a plain Real-ESRGAN
+        checkpoint with ``strict_load_g: true``. A checkpoint with some heads must have all of them."""
+        if strict and not any(k.startswith(HEADS_PREFIX) for k in state_dict):
+            load_state_dict_strict(self, state_dict, allowed_missing_prefixes=(HEADS_PREFIX,))
+            return nn.modules.module._IncompatibleKeys([], [])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
     def from_plain_checkpoint(cls, path: str, **options: Any) -> nn.Module:

@@ -80,9 +80,10 @@ def pick_route(spec: CodecSpec, route: str, ffmpeg: Optional[str]) -> str:
 
 def encode(image: ImageLike, codec: str, qp: Optional[int] = None, crf: Optional[float] = None, *,
            route: str = 'auto', ffmpeg: Optional[str] = None, timeout: float = ffmpeg_route.DEFAULT_TIMEOUT,
-           preset: Optional[str] = None) -> CodecResult:
+           preset: Optional[str] = None, profile: Optional[str] = None) -> CodecResult:
     """Encode ``image`` (HxWx3 uint8 or CxHxW float in [0, 1]) as one intra picture with ``codec`` at constant
-    ``qp`` or at ``crf``, decode it, and return the decoded HxWx3 uint8 image with its rate (Eq. 1)."""
+    ``qp`` or at ``crf``, decode it, and return the decoded HxWx3 uint8 image with its rate (Eq. 1).
+    ``preset`` or a named ``profile`` (``encoders.PROFILES``, e.g. 'authors') picks the encoder settings."""
     spec = get_spec(codec)
     check_mode(spec, qp, crf)
     rgb = to_rgb_uint8(image)
@@ -92,7 +93,7 @@ def encode(image: ImageLike, codec: str, qp: Optional[int] = None, crf: Optional
                          f'{spec.min_size}')
     used = pick_route(spec, route, ffmpeg)
     qp = None if qp is None else int(qp)
-    options = spec.options(qp, crf, preset)
+    options = spec.options(qp, crf, preset, profile)
     padded = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode='edge')
     ph, pw = padded.shape[:2]
     planes = rgb_to_yuv420(padded, spec.bit_depth, spec.full_range)

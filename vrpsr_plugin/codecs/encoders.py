@@ -61,13 +61,22 @@ class CodecSpec:
         """The colour description to signal: ``COLOUR`` plus ``color_range`` (full for JPEG)."""
         return {**COLOUR, 'color_range': COLOUR_RANGE[self.full_range]}
 
-    def options(self, qp: Optional[int], crf: Optional[float], preset: Optional[str]) -> Options:
-        """Encoder options for constant-QP (``qp``) or CRF (``crf``) mode."""
+    def options(self, qp: Optional[int], crf: Optional[float], preset: Optional[str],
+                profile: Optional[str] = None) -> Options:
+        """Encoder options for constant-QP (``qp``) or CRF (``crf``) mode, with ``preset`` or a named
+        ``profile`` (:data:`PROFILES`; a codec the profile does not name keeps its default preset)."""
+        extra: Options = []
+        if profile is not None:
+            if profile not in PROFILES:
+                raise ValueError(f'unknown encoder profile {profile!r}; choose one of {sorted(PROFILES)}')
+            if preset is not None:
+                raise ValueError(f'give preset or profile, not both (got {preset!r} and {profile!r})')
+            preset, extra = PROFILES[profile].get(self.name, (None, []))
         if preset is not None and not self.has_preset:
             raise ValueError(f'{self.name} has no presets (got preset={preset!r})')
         preset = self.default_preset if preset is None else preset
         opts: Options = [('preset', str(preset))] if preset is not None else []
-        return opts + _MODE_OPTIONS[self.name](qp, crf)
+        return opts + list(extra) + _MODE_OPTIONS[self.name](qp, crf)
 
 
 def _fmt(value: float) -> str:
@@ -104,6 +113,13 @@ def _mjpeg(qp, crf) -> Options:
 def _webp(qp, crf) -> Options:
     return [('quality', str(qp)), ('lossless', '0')]
 
+
+# Named encoder profiles: codec -> (preset, extra options). 'authors': the encoders of the VRPSR authors' code
+# (vvenc preset faster, x264 medium, x265 placebo tuned for PSNR); without a profile every codec runs at its
+# default_preset (medium). The paper's option files use 'authors' (docs/codecs.md).
+PROFILES: Dict[str, Dict[str, Tuple[str, Options]]] = {
+    'authors': {'libx264': ('medium', []), 'libx265': ('placebo', [('tune', 'psnr')]), 'libvvenc': ('faster', [])},
+}
 
 _MODE_OPTIONS = {'libx264': _x264, 'libx265': _x265, 'libvvenc': _vvenc, 'libsvtav1': _svtav1,
                  'jpeg': _mjpeg, 'libwebp': _webp}

@@ -77,7 +77,7 @@ def _gt_shard(root: str, sid: int, data_dir: str, files: Sequence[str], crop: Op
         return len(json.load(handle))
 
 
-def _encode_shard(root: str, sid: int, codec: str, qp: int) -> int:
+def _encode_shard(root: str, sid: int, codec: str, qp: int, profile: Optional[str] = None) -> int:
     """Task: every ground-truth tile of shard ``sid`` through the real codec at ``qp`` (skipped when complete)."""
     from vrpsr_plugin.codecs import encode
     if osp.isfile(osp.join(root, shard_relpath(sid, codec, qp, '.json'))):
@@ -88,7 +88,8 @@ def _encode_shard(root: str, sid: int, codec: str, qp: int) -> int:
     with open(osp.join(root, shard_relpath(sid)), 'rb') as tar:
         for key, entry in entries.items():
             tar.seek(entry['offset'])
-            result = encode(decode_rgb(tar.read(entry['size']), f'{key} of gt shard {sid}'), codec, qp=qp)
+            result = encode(decode_rgb(tar.read(entry['size']), f'{key} of gt shard {sid}'), codec, qp=qp,
+                            profile=profile)
             members[key] = png_bytes(result.image)
             records[key] = {'bpp': float(result.bpp), 'num_bytes': int(result.num_bytes)}
     _write_shard(root, shard_relpath(sid, codec, qp), members, records)
@@ -101,18 +102,19 @@ def _check_plan(out: str, plan: Dict[str, Any]) -> Dict[str, Any]:
     if not osp.isfile(path):
         return plan
     old = load_bank_index(out)
-    fixed = ('crop', 'shard_size', 'num_sources', 'sources_sha256')
-    if any(old[k] != plan[k] for k in fixed):
-        raise ValueError(f'{out} is a bank of other images or another crop/shard size '
-                         f'({ {k: old[k] for k in fixed} }); use another output folder')
+    fixed = ('crop', 'shard_size', 'num_sources', 'sources_sha256', 'profile')
+    if any(old.get(k) != plan.get(k) for k in fixed):
+        raise ValueError(f'{out} is a bank of other images or another crop/shard size/encoder profile '
+                         f'({ {k: old.get(k) for k in fixed} }); use another output folder')
     return {**plan, 'codecs': list(dict.fromkeys(old['codecs'] + plan['codecs'])),
             'qps': sorted(set(old['qps']) | set(plan['qps']))}
 
 
 def prepare_bank(data_dir: str, out: str, codecs: Sequence[str], qps: Sequence[int], crop: Optional[int] = None,
                  workers: Optional[int] = None, progress: bool = True, engine: str = 'local',
-                 address: Optional[str] = None, shard_size: int = 16) -> 'CodecBank':
-    """Encode every image (or every ``crop`` tile) of ``data_dir`` with each codec at each QP into the bank ``out``.
+                 address: Optional[str] = None, shard_size: int = 16, profile: Optional[str] = None) -> 'CodecBank':
+    """Encode every image (or every ``crop`` tile) of ``data_dir`` with each codec at each QP into the bank ``out``
+    (with the encoder ``profile`` when given, e.g. 'authors'; it is recorded in the manifest).
 
     Shards run on ``engine`` ('local' or 'ray', see :class:`vrpsr_plugin.engine.Engine`); complete shards are
     skipped, so re-running resumes an interrupted bank, and a re-run with more codecs/QPs extends it.
@@ -139,6 +141,8 @@ def prepare_bank(data_dir: str, out: str, codecs: Sequence[str], qps: Sequence[i
     plan = {'version': VERSION, 'crop': crop, 'shard_size': shard_size, 'num_sources': len(files),
             'sources_sha256': hashlib.sha256('\n'.join(files).encode()).hexdigest(),
             'codecs': list(dict.fromkeys(codecs)), 'qps': sorted({int(q) for q in qps})}
+    if profile is not None:
+        plan['profile'] = profile
     manifest = _check_plan(out, plan)
     os.makedirs(out, exist_ok=True)
     remove_temp_files(out)  # left by a run killed mid-write; this run rewrites those shards
@@ -149,7 +153,7 @@ def prepare_bank(data_dir: str, out: str, codecs: Sequence[str], qps: Sequence[i
                          'prepare-bank gt', 'img', [len(c) for c in chunks], progress)
         if not sum(sizes):
             raise ValueError(f'no image in {data_dir!r} is at least {crop}x{crop}')
-        jobs = [(out, sid, codec, int(qp)) for codec in plan['codecs'] for qp in plan['qps']
+        jobs = [(out, sid, codec, int(qp), profile) for codec in plan['codecs'] for qp in plan['qps']
                 for sid in range(len(chunks))
                 if not osp.isfile(osp.join(out, shard_relpath(sid, codec, qp, '.json')))]
         pool.map(_encode_shard, jobs, 'prepare-bank', 'enc', [sizes[job[1]] for job in jobs], progress)
@@ -238,13 +242,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--qps', nargs='+', type=int, default=[22, 27, 32, 37])
     parser.add_argument('--crop', type=int, default=None, help='encode non-overlapping CROP x CROP tiles')
     parser.add_argument('--shard-size', type=int, default=16, help='source images per shard (one task)')
+    parser.add_argument('--profile', default=None, help="encoder profile (e.g. 'authors', docs/codecs.md)")
     add_engine_arguments(parser, default_workers='all cores')
     parser.add_argument('--no-progress', action='store_true')
 
 
 def run(args: argparse.Namespace) -> int:
     bank = prepare_bank(args.data_dir, args.out, args.codecs, args.qps, args.crop, args.workers,
-                        not args.no_progress, args.engine, args.address, args.shard_size)
+                        not args.no_progress, args.engine, args.address, args.shard_size, args.profile)
     done = len(bank.codecs) * len(bank.qps) - len(bank.missing(bank.codecs, bank.qps))
     print(f'{args.out}: {len(bank.keys)} images x {len(args.codecs)} codecs x {len(args.qps)} QPs, '
           f'{done * len(bank.keys)} encodes')
