@@ -71,26 +71,29 @@ def test_bank_on_ray_is_byte_identical(ray_cluster, demo, reference_bank, tmp_pa
     assert tree(out) == tree(reference_bank)
 
 
-def worker_running(engine: str, task: str = '_encode_shard'):
-    """A worker process of ``engine`` (Ray's titles name the running task; pool workers are spawned children)."""
+def worker_running(engine: str, tasks: tuple = ('_encode_shard',)):
+    """A worker process of ``engine`` running one of ``tasks`` (Ray titles its workers ``ray::<task>``); pool
+    workers are this process's spawned children."""
     if engine == 'ray':
+        titles = tuple(f'ray::{task}' for task in tasks)
         procs = psutil.process_iter(['cmdline'])
-        return next((p for p in procs if f'ray::{task}' in ' '.join(p.info['cmdline'] or ())), None)
+        return next((p for p in procs if ' '.join(p.info['cmdline'] or ()).startswith(titles)), None)
     procs = psutil.Process().children()
     return next((p for p in procs if 'spawn_main' in ' '.join(p.cmdline())), None)
 
 
 class KillOneWorker(threading.Thread):
-    """Background thread: SIGKILL the first worker found running ``task`` once ``ready()``; ``pid`` says which."""
+    """Background thread: SIGKILL the first worker found running one of ``tasks`` once ``ready()``; ``pid`` says
+    which."""
 
-    def __init__(self, engine: str, ready, task: str = '_encode_shard') -> None:
+    def __init__(self, engine: str, ready, tasks: tuple = ('_encode_shard',)) -> None:
         super().__init__()
-        self.engine, self.ready, self.task, self.pid, self.stop = engine, ready, task, None, False
+        self.engine, self.ready, self.tasks, self.pid, self.stop = engine, ready, tasks, None, False
 
     def run(self) -> None:
         deadline = time.time() + 120
         while self.pid is None and not self.stop and time.time() < deadline:
-            proc = worker_running(self.engine, self.task) if self.ready() else None
+            proc = worker_running(self.engine, self.tasks) if self.ready() else None
             if proc is not None:
                 os.kill(proc.pid, signal.SIGKILL)
                 self.pid = proc.pid
@@ -105,7 +108,7 @@ class KillOneWorker(threading.Thread):
         self.join()
 
 
-@pytest.mark.parametrize('engine', ['local', 'ray'])
+@pytest.mark.parametrize('engine', [pytest.param('local', marks=pytest.mark.slow), 'ray'])
 def test_worker_killed_mid_run_is_retried(engine, request, demo, reference_bank, tmp_path):
     """SIGKILL one worker while the encode shards run: the engine re-runs its task; the bank is complete and the
     same as the in-process one, with no temporary file left."""
@@ -114,10 +117,11 @@ def test_worker_killed_mid_run_is_retried(engine, request, demo, reference_bank,
     out = tmp_path / 'bank'
     with KillOneWorker(engine, lambda: list(out.glob('gt/*.json'))) as killer:
         prepare_bank(str(demo), str(out), workers=2, engine=engine, **BANK)
-    assert killer.pid is not None
+    assert killer.pid is not None, f'no {engine} worker was seen running a shard'
     assert tree(out) == tree(reference_bank) and not temp_files(out)
 
 
+@pytest.mark.slow
 def test_local_pool_driver_killed_then_resumed(demo, reference_bank, tmp_path):
     """SIGKILL `vrpsr prepare-bank` (2 pool workers) mid-run: its workers die with it; the re-run completes the
     same bank without redoing finished shards and leaves no temporary file."""
@@ -145,6 +149,7 @@ def test_local_pool_driver_killed_then_resumed(demo, reference_bank, tmp_path):
     assert tree(out) == tree(reference_bank) and not temp_files(out)
 
 
+@pytest.mark.slow
 def test_eval_on_ray_with_a_killed_worker_equals_in_process(ray_cluster, tmp_path, photos):
     import cv2
     from basicsr.archs.srvgg_arch import SRVGGNetCompact
@@ -159,11 +164,13 @@ def test_eval_on_ray_with_a_killed_worker_equals_in_process(ray_cluster, tmp_pat
             '30', '38', '--size', '96', '--metrics', 'psnr', 'ssim', '--threads', '1', '--no-progress']
     outputs = {}
     for tag, extra in (('in_process', []), ('ray', ['--engine', 'ray', '--workers', '2'])):
-        with KillOneWorker(tag, lambda: tag == 'ray', '_item_task') as killer:  # Ray re-runs the item
+        with KillOneWorker(tag, lambda: tag == 'ray', ('_source_task', '_item_task')) as killer:  # Ray re-runs it
             assert vrpsr_main(args + ['--out', str(tmp_path / tag)] + extra) == 0
         outputs[tag] = {f: (tmp_path / tag / f).read_bytes() for f in ('results.json', 'per_image.csv', 'results.md')}
         assert not temp_files(tmp_path / tag)
-    assert killer.pid is not None and outputs['ray'] == outputs['in_process']
+    assert killer.pid is not None, 'no Ray worker was seen running an eval task'
+    for name, data in outputs['ray'].items():
+        assert data == outputs['in_process'][name], name
     assert b'tiny' in outputs['ray']['per_image.csv']
 
 
@@ -176,6 +183,7 @@ def test_engine_errors_are_clear():
         Engine('local', workers=0)
 
 
+@pytest.mark.slow
 def test_without_ray_installed(demo, reference_bank, tmp_path):
     """A Python where `import ray` fails: the commands work on the local engine; --engine ray says how to install."""
     run = ('import sys; sys.modules["ray"] = None\n'  # import ray -> ImportError, as when it is not installed
