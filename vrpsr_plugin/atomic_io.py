@@ -13,7 +13,6 @@ from typing import Any, BinaryIO, Callable, Iterator, Union
 
 import cv2
 import numpy as np
-import torch
 
 PathLike = Union[str, Path]
 
@@ -67,6 +66,7 @@ def write_png(path: PathLike, rgb: np.ndarray) -> None:
 
 def torch_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` without ever leaving a half-written checkpoint."""
+    import torch
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
