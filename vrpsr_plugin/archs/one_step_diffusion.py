@@ -30,7 +30,7 @@ from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
 UNET_LORA_TARGETS = ['to_k', 'to_q', 'to_v', 'to_out.0', 'conv', 'conv1', 'conv2', 'conv_shortcut', 'conv_out',
                      'proj_in', 'proj_out', 'ff.net.2', 'ff.net.0.proj']
 VAE_LORA_TARGETS = r'^encoder\..*(conv1|conv2|conv_in|conv_shortcut|conv|conv_out|to_k|to_q|to_v|to_out\.0)$'
-TRAINABLE_PREFIXES = ('film_trunk.', 'film_heads.', 'time_head.')
+TRAINABLE_PREFIXES = ('film_trunk.', 'film_heads.', 'time_head.', 'deg_modulation.')
 TRAINABLE_FILE = 'trainable.safetensors'
 CONFIG_FILE = 'config.json'
 DTYPES = {None: None, 'fp32': None, 'float32': None, 'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16,
@@ -147,6 +147,7 @@ class OneStepCodecDiffusion(nn.Module):
         gradient_checkpointing, autocast_dtype ('bf16'/'fp16'), enable_xformers, base_dtype: GPU options.
         tile_size / tile_overlap: inputs larger than ``tile_size`` run in overlapping tiles, blended linearly.
         prompt_cache_size: CLIP embeddings kept (CPU LRU, see ``encode_prompts``); 0 disables the cache.
+        train_unet_conv_in: the UNet's conv_in is trained (and saved) in full, as S3Diff does.
     """
     codec_aware = True
 
@@ -157,7 +158,7 @@ class OneStepCodecDiffusion(nn.Module):
                  gradient_checkpointing: bool = False, autocast_dtype: Optional[str] = None,
                  enable_xformers: bool = False, base_dtype: Optional[str] = None, tile_size: Optional[int] = None,
                  tile_overlap: int = 64, prompt_cache_size: int = 256, revision: Optional[str] = None,
-                 variant: Optional[str] = None) -> None:
+                 variant: Optional[str] = None, train_unet_conv_in: bool = False) -> None:
         super().__init__()
         self.config = dict(pretrained_model_name_or_path=str(pretrained_model_name_or_path), lora_rank=lora_rank,
                            lora_rank_vae=lora_rank_vae, lora_alpha=lora_alpha, codecs=list(codecs), film=film,
@@ -166,7 +167,8 @@ class OneStepCodecDiffusion(nn.Module):
                            sample_posterior=sample_posterior, gradient_checkpointing=gradient_checkpointing,
                            autocast_dtype=autocast_dtype, enable_xformers=enable_xformers, base_dtype=base_dtype,
                            tile_size=tile_size, tile_overlap=tile_overlap, prompt_cache_size=prompt_cache_size,
-                           revision=revision, variant=variant)
+                           revision=revision, variant=variant, train_unet_conv_in=train_unet_conv_in)
+        self.extra_trainable = ('unet.conv_in.',) if train_unet_conv_in else ()
         if autocast_dtype not in DTYPES or base_dtype not in DTYPES:
             raise ValueError(f'autocast_dtype/base_dtype must be one of {sorted(k for k in DTYPES if k)} or None')
         if tile_size is not None and not 0 <= tile_overlap < tile_size:
@@ -196,6 +198,7 @@ class OneStepCodecDiffusion(nn.Module):
         self.timestep = self.scheduler.config.num_train_timesteps - 1 if timestep is None else int(timestep)
         for model in (self.text_encoder, self.vae, self.unet):
             model.requires_grad_(False)
+        self.unet.conv_in.requires_grad_(train_unet_conv_in)
         self.text_encoder.eval()
 
         alpha = lora_alpha
@@ -269,10 +272,10 @@ class OneStepCodecDiffusion(nn.Module):
         return torch.float16 in (self.autocast_dtype, self.unet.dtype)
 
     # ----------------------------------------------------------------- trainable part / checkpoints
-    @staticmethod
-    def is_trainable_key(key: str) -> bool:
-        """True for LoRA and condition-head weights: the part that is trained, saved and loaded."""
-        return '.lora_' in key or key.startswith(TRAINABLE_PREFIXES)
+    def is_trainable_key(self, key: str) -> bool:
+        """True for LoRA and condition-head weights (and ``unet.conv_in`` with ``train_unet_conv_in``): the part
+        that is trained, saved and loaded."""
+        return '.lora_' in key or key.startswith(TRAINABLE_PREFIXES + self.extra_trainable)
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         """The parameters an optimizer should update (LoRA + condition heads)."""
