@@ -4,27 +4,27 @@ averaged), on the diffusion codec simulator in a CodecSimulatorModel training lo
 
 Each variant runs in its own process: memory held after the model is built (CUDA: allocated; CPU: RSS growth from
 before the build), peak during ``--steps`` training steps (CUDA: max allocated; CPU: peak RSS from before the
-build), the median ms of one EMA update, and the exact MiB of parameters net_g_ema owns (not shared with net_g). Medians over ``--runs`` processes; ratios ours / BasicSR.
+build), the median ms of one EMA update, and the exact MiB of parameters net_g_ema owns (not shared with
+net_g). Medians over ``--runs`` processes; ratios ours / BasicSR.
 
     python benchmarks/ema_bench.py                       # CPU, tiny random SD-Turbo-layout model
     python benchmarks/ema_bench.py --config full         # SD-Turbo shapes (random weights), CUDA when available
 """
 import argparse
-import multiprocessing as mp
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_bench import _peak_rss, _reset_peak_rss  # noqa: E402
+from train_bench import _peak_rss, _reset_peak_rss, run_in_child  # noqa: E402
 
 
-def _variant(variant: str, sd_path: str, size: int, steps: int, autocast: str, queue: mp.Queue) -> None:
+def _variant(variant: str, sd_path: str, size: int, steps: int, autocast: str, queue: Any) -> None:
     import vrpsr_plugin  # noqa: F401
     from basicsr.archs import build_network
     from basicsr.models import build_model
@@ -76,16 +76,6 @@ def _variant(variant: str, sd_path: str, size: int, steps: int, autocast: str, q
     queue.put((held, peak, statistics.median(ema_ms), owned / 2 ** 20, 'cuda' if cuda else 'cpu'))
 
 
-def _run(*args) -> tuple:
-    ctx = mp.get_context('spawn')
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_variant, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config', default='tiny', choices=['tiny', 'full'])
@@ -103,7 +93,7 @@ def main(argv: List[str] = None) -> int:
         rows: Dict[str, List[tuple]] = {'basicsr': [], 'ours': []}
         for _ in range(args.runs):  # interleaved runs
             for variant in rows:
-                rows[variant].append(_run(variant, sd_path, size, args.steps, args.autocast))
+                rows[variant].append(run_in_child(_variant, variant, sd_path, size, args.steps, args.autocast))
     device = rows['ours'][0][4]
     unit = 'CUDA MiB' if device == 'cuda' else 'RSS MiB'
     print(f'EMA on DiffusionCodecSimulator ({args.config}), {size}x{size}, batch 1, {args.steps} steps, device '

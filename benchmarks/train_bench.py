@@ -100,10 +100,11 @@ def _train_variant(option: str, sim_ckpt: str, data: str, size: int, batch: int,
     queue.put((statistics.median(times), peak, 'cuda' if cuda else 'cpu'))
 
 
-def _run_child(*args) -> tuple:
+def run_in_child(target, *args) -> tuple:
+    """``target(*args, queue)`` in a fresh spawned process (its own peak memory); return what it put on the queue."""
     ctx = mp.get_context('spawn')
     queue = ctx.Queue()
-    proc = ctx.Process(target=_train_variant, args=(*args, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -121,7 +122,7 @@ def bench_training(args, tmp: Path, data: str) -> None:
     torch.save({'params': build_network(sim_opt).state_dict()}, sim_ckpt)
     rows = {}
     for name, option in (('baseline fine-tuning', 'baseline.yml'), ('VRPSR (codec in the loop)', 'vrpsr.yml')):
-        rows[name] = _run_child(option, sim_ckpt, data, args.size, args.batch, args.iters, args.runs)
+        rows[name] = run_in_child(_train_variant, option, sim_ckpt, data, args.size, args.batch, args.iters, args.runs)
     device = next(iter(rows.values()))[2]
     print(f'\n[1] training step, SRVGGNetCompact (smoke size) + UNetDiscriminatorSN + Delta_S, batch {args.batch} x '
           f'{args.size}x{args.size}, device {device}, median of {args.runs} x {args.iters} steps')
