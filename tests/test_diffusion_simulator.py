@@ -283,7 +283,7 @@ def training_opt(sd_path, **network):
             'logger': {}}
 
 
-def test_fp16_training_scales_the_loss_and_skips_overflowing_steps(sd_path, small):
+def test_fp16_training_scales_the_loss_and_skips_overflowing_steps(sd_path, small, tmp_path):
     """fp16 needs a GradScaler: a step whose gradients overflow is skipped (weights stay finite and unchanged)
     and the scale is lowered; bf16/fp32 training gets a disabled (no-op) scaler."""
     from basicsr.models import build_model
@@ -306,6 +306,14 @@ def test_fp16_training_scales_the_loss_and_skips_overflowing_steps(sd_path, smal
     model.optimize_parameters(2)
     assert torch.equal(lora.detach(), before)
     assert model.grad_scaler.get_scale() < scale
+    # the loss scale is part of the training state: a resumed fp16 run continues with it
+    from vrpsr_plugin import basicsr_fixes
+    basicsr_fixes.apply()
+    model.opt['path']['training_states'] = str(tmp_path)
+    model.save_training_state(0, 2)
+    resumed = build_model(training_opt(sd_path, autocast_dtype='fp16'))
+    resumed.resume_training(torch.load(tmp_path / '2.state', weights_only=False))
+    assert resumed.grad_scaler.get_scale() == model.grad_scaler.get_scale() < 65536.0
 
 
 def test_ema_copies_only_what_trains(sd_path, small):

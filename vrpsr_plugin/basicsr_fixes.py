@@ -116,12 +116,16 @@ def save_network(self: BaseModel, net, net_label: str, current_iter: int, param_
 
 
 def save_training_state(self: BaseModel, epoch: int, current_iter: int) -> None:
-    """basicsr's ``training_states/<iter>.state`` (optimisers, schedulers) plus the RNG states, written atomically
-    after the networks of the same iteration (so a complete state always has its networks)."""
+    """basicsr's ``training_states/<iter>.state`` (optimisers, schedulers) plus the RNG states (and an fp16 run's
+    loss scale), written atomically after the networks of the same iteration (so a complete state always has its
+    networks)."""
     if current_iter == -1:
         return
     state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
              'schedulers': [s.state_dict() for s in self.schedulers], 'rng': rng_state()}
+    scaler = getattr(self, 'grad_scaler', None)
+    if scaler is not None and scaler.is_enabled():  # fp16 loss scale (CodecLoopModel), resumed with the run
+        state['grad_scaler'] = scaler.state_dict()
     torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
 

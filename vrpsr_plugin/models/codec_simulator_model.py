@@ -138,6 +138,12 @@ class CodecLoopModel(AccumulationMixin, SRModel):
                 self.model_ema(decay=self.ema_decay)
         self.log_dict = self.reduce_loss_dict(OrderedDict((k, v.detach()) for k, v in loss_dict.items()))
 
+    def resume_training(self, resume_state: Dict) -> None:
+        """BasicSR's (optimisers, schedulers) plus the fp16 loss scale when the state has one."""
+        super().resume_training(resume_state)
+        if 'grad_scaler' in resume_state:
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
+
     # ----------------------------------------------------------------- saving
     def extra_networks(self) -> Dict[str, nn.Module]:
         """Networks besides net_g saved with every checkpoint (label -> module); resumed via ``network_<label>``."""
