@@ -61,3 +61,14 @@ def test_torchvision_imported_after_the_plugin_goes_through_compat():
     # basicsr 1.4.2 needs torchvision.transforms.functional_tensor; compat aliases it when torchvision is newer
     run_python('import vrpsr_plugin, torchvision, basicsr.data.degradations\n'
                'import torchvision.transforms.functional_tensor')
+
+
+def test_a_plugin_module_imported_first_does_not_import_itself_half_done():
+    """``from vrpsr_plugin.data.codec_simulator_dataset import ...`` before anything else pulls basicsr in from
+    inside that module; registration then waits for the first registry lookup instead of re-importing it."""
+    code = ('from vrpsr_plugin.data.codec_simulator_dataset import CodecSimulatorDataset\n'
+            'from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY\n'
+            'assert DATASET_REGISTRY.get("ASSREICDataset") and "RateAwareCodecSimulator" in ARCH_REGISTRY\n'
+            'print("ok")')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-2000:]

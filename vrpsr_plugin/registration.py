@@ -2,7 +2,9 @@
 
 Importing the registered modules needs torch and basicsr (seconds), so ``import vrpsr_plugin`` only arranges it:
 registration runs at once if basicsr is already imported, else right after ``import basicsr`` finishes (a
-post-import hook). Every name is therefore in the registries whenever BasicSR can be asked for it, while the codec
+post-import hook), or, when that import came from one of this package's own modules (``from
+vrpsr_plugin.data.codec_simulator_dataset import ...`` before anything else), at the first registry lookup, since
+the registered modules may import the half-imported one. Every name is therefore in the registries whenever BasicSR can be asked for it, while the codec
 layer and the ``vrpsr`` CLI start without torch. The same hook makes a CUDA-built torchvision importable on CPU
 torch (:mod:`vrpsr_plugin.compat`) before anything imports it.
 """
@@ -38,12 +40,38 @@ def _load_torchvision() -> None:
     compat.import_torchvision()
 
 
+def _plugin_import_in_progress() -> bool:
+    """True while a module of this package is half-imported (its import is what pulled basicsr in)."""
+    return any(name.startswith('vrpsr_plugin.') and getattr(getattr(module, '__spec__', None), '_initializing', False)
+               for name, module in list(sys.modules.items()))
+
+
+def _register_on_first_lookup() -> None:
+    """Defer :func:`register_all` to the first lookup in any BasicSR registry (get, in, iteration, keys)."""
+    from basicsr.utils.registry import Registry
+    originals = {name: getattr(Registry, name) for name in ('get', '__contains__', '__iter__', 'keys')}
+
+    def deferred(name: str):
+        def method(self, *args, **kwargs):
+            for key, original in originals.items():
+                setattr(Registry, key, original)
+            register_all()
+            return originals[name](self, *args, **kwargs)
+        return method
+
+    for name in originals:
+        setattr(Registry, name, deferred(name))
+
+
 def _load_basicsr() -> None:
     from vrpsr_plugin import compat
     importlib.import_module('torchvision')  # through its hook when not yet imported
     compat.alias_functional_tensor()
     importlib.import_module('basicsr')
-    register_all()
+    if _plugin_import_in_progress():  # registering now would import that half-imported module's dependents
+        _register_on_first_lookup()
+    else:
+        register_all()
 
 
 class _Hooked(importlib.abc.Loader):
