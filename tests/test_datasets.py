@@ -76,6 +76,21 @@ def test_codec_bank_resume_atomic(demo, tmp_path):
     assert CodecBank(bank).missing(['libx265'], [27]) == ['libx265 qp27']
 
 
+def test_simulator_dataset_reads_the_bank(demo, tmp_path):
+    bank = prepare_bank(str(demo), str(tmp_path / 'bank'), ['libx264'], [27, 37], crop=32, workers=1,
+                        progress=False, shard_size=1)
+    opt = {'dataroot_gt': str(demo), 'dataroot_bank': bank.root, 'io_backend': {'type': 'disk'},
+           'codecs': ['libx264'], 'gt_size': 16, 'seed': 0}
+    ds = CodecSimulatorDataset(opt)
+    assert ds.keys == bank.keys
+    sample = ds[5]
+    decoded, record = bank.coded(ds.keys[5], 'libx264', sample['qp'])
+    assert float(sample['cond'][-1]) == pytest.approx(record['bpp'])
+    assert sample['gt'].shape == sample['codec_out'].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match='lacks libx265 qp27, libx265 qp37'):
+        CodecSimulatorDataset({**opt, 'codecs': ['libx265']})
+
+
 def test_prepare_bank_command(demo, tmp_path, capsys):
     assert cli.main(['prepare-bank', str(demo), str(tmp_path / 'b'), '--codecs', 'libx265', '--qps', '32',
                      '--workers', '1', '--no-progress']) == 0

@@ -9,7 +9,7 @@ Every draw of sample ``i`` (crop, flips, codec, QP) comes from its own generator
 (:mod:`vrpsr_plugin.data.fresh_draws`): fresh every epoch, and the same in every worker, run and resumed run.
 Options follow BasicSR's conventions: ``dataroot_gt`` +
 ``io_backend: {type: disk}`` (a folder, or ``meta_info`` listing files) or ``{type: lmdb}`` (keys from the lmdb's
-``meta_info.txt``); the bank is read with the same backend type.
+``meta_info.txt``); a bank's tar shards are read directly (:class:`~vrpsr_plugin.data.codec_bank.CodecBank`).
 """
 import os.path as osp
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,7 +22,8 @@ from torch.utils import data
 
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
 from vrpsr_plugin.codecs.inputs import rgb_to_tensor
-from vrpsr_plugin.data.codec_bank import load_bank_index
+from vrpsr_plugin.data.codec_bank import CodecBank
+from vrpsr_plugin.data.degradation import MildDegradation, seeded
 from vrpsr_plugin.data.fresh_draws import FreshDrawMixin
 
 _IMG_SUFFIX = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -102,7 +103,10 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
 
     Options: dataroot_gt, io_backend, meta_info, codecs, qps | qp_range, gt_size (None: whole image), align (16),
     use_hflip, use_rot, seed, dataroot_bank (optional codec bank), encode_kwargs (passed to ``codecs.encode``),
-    condition_codecs (one-hot order, default CONDITION_CODECS).
+    condition_codecs (one-hot order, default CONDITION_CODECS), input_variation (options of
+    :class:`~vrpsr_plugin.data.degradation.MildDegradation`, applied to X before the codec with probability
+    ``input_variation_prob`` (0.5): the simulator then also learns how the codec treats blurred, noisy, JPEG'd and
+    sharpened pictures, the kind stage 2's SR nets produce; without it it only sees clean photos).
     """
 
     def __init__(self, opt: Dict[str, Any]) -> None:
@@ -118,22 +122,22 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
         self.seed = int(opt.get('seed', 0))
         self.io_opt = dict(opt['io_backend'])
         self.file_client: Optional[FileClient] = None
-        self.bank = opt.get('dataroot_bank')
+        self.bank = CodecBank(opt['dataroot_bank']) if opt.get('dataroot_bank') else None
         if self.bank:
-            index = load_bank_index(self.bank)
-            self.qps = [int(q) for q in (opt.get('qps') or index['qps'])]
-            self.keys = sorted(index['items'])
-            self.items = index['items']
-            for key in self.keys:  # every sample drawable: fail now, not in a worker later
-                for codec in self.codecs:
-                    have = set(self.items[key]['codes'].get(codec, {}))
-                    if not {str(q) for q in self.qps} <= have:
-                        raise ValueError(f'bank {self.bank!r} lacks {codec} QPs '
-                                         f'{sorted({str(q) for q in self.qps} - have)} for {key!r}; '
-                                         'finish it with `vrpsr prepare-bank` or restrict codecs/qps')
+            self.qps = [int(q) for q in (opt.get('qps') or self.bank.qps)]
+            self.keys = self.bank.keys
+            missing = self.bank.missing(self.codecs, self.qps)
+            if missing:  # every sample drawable: fail now, not in a worker later
+                raise ValueError(f'bank {self.bank.root!r} lacks {", ".join(missing)}; '
+                                 'finish it with `vrpsr prepare-bank` or restrict codecs/qps')
         else:
             self.qps = sample_qps(opt)
             self.keys = gt_keys(opt)
+        self.input_variation = None
+        if opt.get('input_variation') is not None:
+            if self.bank:
+                raise ValueError('input_variation needs on-the-fly encodes: it cannot be used with dataroot_bank')
+            self.input_variation = MildDegradation(dict(opt['input_variation']))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -144,15 +148,11 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
             opt = dict(self.io_opt)
             backend = opt.pop('type')
             if backend == 'lmdb':
-                roots = {'gt': self.bank or self.opt['dataroot_gt']}
-                opt.update(db_paths=list(roots.values()), client_keys=list(roots))
+                opt.update(db_paths=[self.opt['dataroot_gt']], client_keys=['gt'])
             self.file_client = FileClient(backend, **opt)
         if self.io_opt['type'] == 'lmdb':
             return decode_rgb(self.file_client.get(path, 'gt'), path)
         return decode_rgb(self.file_client.get(path), path)
-
-    def _bank_path(self, relpath: str) -> str:
-        return osp.splitext(relpath)[0] if self.io_opt['type'] == 'lmdb' else osp.join(self.bank, relpath)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         from vrpsr_plugin.codecs import encode
@@ -161,19 +161,22 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
         codec = self.codecs[int(rng.integers(len(self.codecs)))]
         qp = self.qps[int(rng.integers(len(self.qps)))]
         if self.bank:
-            item = self.items[key]
-            code = item['codes'][codec][str(qp)]
-            gt, decoded = self._read(self._bank_path(item['gt']), 'gt'), self._read(self._bank_path(code['path']), 'gt')
+            gt, (decoded, record) = self.bank.gt(key), self.bank.coded(key, codec, qp)
             if gt.shape != decoded.shape:
-                raise ValueError(f'bank entry {code["path"]} has shape {decoded.shape}, its ground truth {gt.shape}')
+                raise ValueError(f'bank entry {key} {codec} QP {qp} has shape {decoded.shape}, its ground truth '
+                                 f'{gt.shape}')
             top, left, h, w = random_crop_box(*gt.shape[:2], self.gt_size, rng, self.align)
             gt, decoded = (img[top:top + h, left:left + w] for img in (gt, decoded))
-            bpp, gt_path = float(code['bpp']), osp.join(self.bank, item['gt'])
+            bpp, gt_path = float(record['bpp']), osp.join(self.bank.root, key)
         else:
             gt = self._read(key, 'gt')
             top, left, h, w = random_crop_box(*gt.shape[:2], self.gt_size, rng, self.align)
             gt = np.ascontiguousarray(gt[top:top + h, left:left + w])
             gt = augment_pair([gt], rng, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))[0]
+            if self.input_variation is not None and rng.random() < self.opt.get('input_variation_prob', 0.5):
+                with seeded([*self.draw_seed(index), 1]):
+                    varied = self.input_variation(rgb_to_tensor(gt)[None])[0]
+                gt = (varied.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
             result = encode(gt, codec, qp=qp, **self.opt.get('encode_kwargs', {}))
             decoded, bpp, gt_path = result.image, float(result.bpp), key
         if self.bank:

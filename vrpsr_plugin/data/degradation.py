@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from basicsr.data.degradations import circular_lowpass_kernel, random_mixed_kernels
 from basicsr.models.realesrgan_model import RealESRGANModel
 from basicsr.utils import DiffJPEG, USMSharp
@@ -109,8 +110,10 @@ class HighOrderDegradation:
                              f'scale {self.opt["scale"]}) but the 21 x 21 filters need more than 10; use larger '
                              'crops or raise the lower resize bound')
         kernels = [self.sample_kernels() for _ in range(gt.shape[0])]
-        data = {'gt': gt, **{k: torch.stack([kk[k] for kk in kernels]) for k in kernels[0]}}
-        carrier = SimpleNamespace(is_train=True, opt={**self.opt, 'gt_size': h}, device=self.device,
+        side = max(h, w)  # feed_data crops to a gt_size square: degrade a reflected square, cut the picture back
+        square = F.pad(gt, (0, side - w, 0, side - h), mode='reflect') if h != w else gt
+        data = {'gt': square, **{k: torch.stack([kk[k] for kk in kernels]) for k in kernels[0]}}
+        carrier = SimpleNamespace(is_train=True, opt={**self.opt, 'gt_size': side}, device=self.device,
                                   jpeger=self.jpeger, usm_sharpener=self.usm_sharpener,
                                   _dequeue_and_enqueue=lambda: None)
         threads = torch.get_num_threads()
@@ -120,4 +123,60 @@ class HighOrderDegradation:
             RealESRGANModel.feed_data(carrier, data)
         finally:
             torch.set_num_threads(threads)
-        return carrier.lq
+        return carrier.lq[..., :h // self.opt['scale'], :w // self.opt['scale']]
+
+
+# A degradation under which the codec is what limits quality: mild blur by down- and up-sampling, light noise, and
+# sometimes a light JPEG. Real-ESRGAN's chain leaves X~ at ~23 dB whatever the QP (docs/training.md).
+MILD_DEFAULTS: Dict[str, Any] = dict(resize_range=[0.5, 0.85], noise_range=[0.0, 4.0], gray_noise_prob=0.4,
+                                     jpeg_prob=0.3, jpeg_range=[75, 95], sharpen_prob=0.0, sharpen_range=[0.5, 2.0])
+
+
+class MildDegradation:
+    """X -> X~: area-downsample by a factor in ``resize_range``, bicubic back up to H/s x W/s, Gaussian noise with
+    sigma (in 8-bit levels) in ``noise_range`` (gray with ``gray_noise_prob``), JPEG at a quality in ``jpeg_range``
+    with ``jpeg_prob``, then (with ``sharpen_prob``, 0 by default) an unsharp mask of strength in ``sharpen_range``;
+    rounded to 8-bit levels. Any size; randomness from the global generators (:func:`seeded`)."""
+
+    def __init__(self, opt: Dict[str, Any], scale: int = 1, device: torch.device = torch.device('cpu')) -> None:
+        if scale not in (1, 2, 4):
+            raise ValueError(f'scale must be 1, 2 or 4, got {scale}')
+        unknown = set(opt) - set(MILD_DEFAULTS)
+        if unknown:
+            raise ValueError(f'unknown mild degradation options {sorted(unknown)}; known: {sorted(MILD_DEFAULTS)}')
+        self.opt = {**MILD_DEFAULTS, **opt}
+        self.scale = scale
+        self.jpeger = DiffJPEG(differentiable=False).to(device)
+
+    @torch.no_grad()
+    def __call__(self, gt: torch.Tensor) -> torch.Tensor:
+        if gt.dim() != 4 or gt.shape[1] != 3:
+            raise ValueError(f'expected a B x 3 x H x W batch, got {tuple(gt.shape)}')
+        h, w = gt.shape[-2:]
+        out = []
+        for image in gt.split(1):
+            factor = np.random.uniform(*self.opt['resize_range'])
+            small = F.interpolate(image, size=(max(8, round(h * factor)), max(8, round(w * factor))), mode='area')
+            x = F.interpolate(small, size=(h // self.scale, w // self.scale), mode='bicubic', align_corners=False)
+            sigma = np.random.uniform(*self.opt['noise_range']) / 255.0
+            gray = np.random.uniform() < self.opt['gray_noise_prob']
+            noise = torch.randn_like(x[:, :1] if gray else x) * sigma
+            x = (x + noise).clamp(0, 1)
+            if np.random.uniform() < self.opt['jpeg_prob']:
+                quality = torch.tensor([np.random.uniform(*self.opt['jpeg_range'])], dtype=x.dtype, device=x.device)
+                x = self.jpeger(x, quality=quality).clamp(0, 1)
+            if np.random.uniform() < self.opt['sharpen_prob']:
+                blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode='replicate'), 3, stride=1)
+                x = (x + np.random.uniform(*self.opt['sharpen_range']) * (x - blurred)).clamp(0, 1)
+            out.append(x)
+        return (torch.cat(out) * 255.0).round() / 255.0
+
+
+DEGRADATIONS = {'realesrgan': HighOrderDegradation, 'mild': MildDegradation}
+
+
+def build_degradation(kind: str, opt: Dict[str, Any], scale: int = 1):
+    """The degradation ``kind`` ('realesrgan' or 'mild') with option overrides ``opt``."""
+    if kind not in DEGRADATIONS:
+        raise ValueError(f'degradation_type must be one of {sorted(DEGRADATIONS)}, got {kind!r}')
+    return DEGRADATIONS[kind](opt, scale=scale)

@@ -23,7 +23,7 @@ from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
 from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.data.codec_simulator_dataset import (augment_pair, decode_rgb, gt_keys, random_crop_box,
                                                         sample_qps)
-from vrpsr_plugin.data.degradation import HighOrderDegradation, seeded
+from vrpsr_plugin.data.degradation import build_degradation, seeded
 from vrpsr_plugin.data.fresh_draws import FreshDrawMixin
 
 
@@ -32,7 +32,8 @@ class RecompressionSRDataset(FreshDrawMixin, data.Dataset):
     """(X~, X, c, c') for recompression-aware SR (Eq. 1-3, 7).
 
     Options: dataroot_gt, io_backend, meta_info, gt_size (None: whole image), scale (1, 2 or 4), codecs,
-    qps | qp_range, target_qp_offset (10), degradation (overrides of Real-ESRGAN's settings), use_hflip,
+    qps | qp_range, target_qp_offset (10), degradation_type (``realesrgan``: Real-ESRGAN's chain, default;
+    ``mild``: light blur/noise/JPEG, where the codec limits quality), degradation (overrides), use_hflip,
     use_rot, seed, encode_kwargs, condition_codecs.
     """
 
@@ -55,7 +56,8 @@ class RecompressionSRDataset(FreshDrawMixin, data.Dataset):
             raise ValueError(f'gt_size {self.gt_size} must be a multiple of 16 x scale = {self.align}')
         self.seed = int(opt.get('seed', 0))
         self.keys = gt_keys(opt)
-        self.degradation = HighOrderDegradation(dict(opt.get('degradation') or {}), scale=self.scale)
+        self.degradation = build_degradation(opt.get('degradation_type', 'realesrgan'),
+                                             dict(opt.get('degradation') or {}), scale=self.scale)
         self.io_opt = dict(opt['io_backend'])
         self.file_client = None
 
