@@ -9,7 +9,8 @@
 All take x in [0, 1] (B x 3 x H x W, any size) and cond B x (len(codecs)+1), and return the simulated decoded
 image, same size, in [0, 1] (straight-through clamp: gradients reach x everywhere).
 """
-from typing import List, Sequence, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -165,23 +166,35 @@ class _FiLMResBlock(nn.Module):
 class CNNCodecSimulator(nn.Module):
     """Small conditioned residual CNN simulator X^' = X' + r(X', c) for CPU smoke training: stride-1 convs (any
     size, odd included), FiLM from the embedded condition in every block; the output conv and the FiLM heads are
-    zero-initialised, so the untrained simulator is the identity."""
+    zero-initialised, so the untrained simulator is the identity. ``grid_period`` (e.g. 16) adds the pixel's phase
+    in the codec's block grid (sin/cos of 2 pi y/p and 2 pi x/p) as input channels: a stride-1 CNN cannot
+    otherwise tell where block edges fall."""
     codec_aware = True
 
     def __init__(self, codecs: Sequence[str] = CONDITION_CODECS, num_feat: int = 32, num_block: int = 5,
-                 cond_hidden: int = 64) -> None:
+                 cond_hidden: int = 64, grid_period: Optional[int] = None) -> None:
         super().__init__()
         self.codecs = tuple(codecs)
+        self.grid_period = grid_period
         self.embedding = CodecEmbedding(num_scalars=len(self.codecs) + 1)
         self.trunk = _condition_trunk(self.embedding.out_dim, cond_hidden)
-        self.conv_first = nn.Conv2d(3, num_feat, 3, 1, 1)
+        self.conv_first = nn.Conv2d(3 if grid_period is None else 7, num_feat, 3, 1, 1)
         self.blocks = nn.ModuleList(_FiLMResBlock(num_feat, cond_hidden) for _ in range(num_block))
         self.conv_last = _zero(nn.Conv2d(num_feat, 3, 3, 1, 1))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         check_image_and_condition(x, cond, len(self.codecs) + 1)
         hidden = self.trunk(self.embedding(cond.float()))
-        h = self.conv_first(x * 2 - 1)
+        h = self.conv_first(x * 2 - 1 if self.grid_period is None else torch.cat([x * 2 - 1, self._grid(x)], dim=1))
         for block in self.blocks:
             h = block(h, hidden)
         return straight_through_clamp(x + self.conv_last(h))
+
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 4 x H x W block-grid phase channels (sin, cos of the row and column phase)."""
+        height, width = x.shape[-2:]
+        rows = torch.arange(height, device=x.device, dtype=x.dtype) * (2 * math.pi / self.grid_period)
+        cols = torch.arange(width, device=x.device, dtype=x.dtype) * (2 * math.pi / self.grid_period)
+        planes = [f(rows)[:, None].expand(height, width) for f in (torch.sin, torch.cos)] + \
+                 [f(cols)[None, :].expand(height, width) for f in (torch.sin, torch.cos)]
+        return torch.stack(planes)[None].expand(x.shape[0], -1, -1, -1)

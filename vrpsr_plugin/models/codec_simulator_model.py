@@ -11,6 +11,7 @@ import os.path as osp
 from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple
 
+import numpy as np
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
@@ -203,17 +204,64 @@ class CodecLoopModel(AccumulationMixin, SRModel):
 @MODEL_REGISTRY.register()
 class CodecSimulatorModel(CodecLoopModel):
     """Trains ``network_g`` (a simulator, forward(x, cond)) on X -> real codec output with Delta_C = Delta_S (Eq. 6)
-    or MSE (``perceptual_opt.mse_only``, Table 3 e). Data: :class:`CodecSimulatorDataset`."""
+    or MSE (``perceptual_opt.mse_only``, Table 3 e). Data: :class:`CodecSimulatorDataset`.
+
+    A :class:`~vrpsr_plugin.archs.rate_aware_simulator_arch.RateAwareCodecSimulator` is trained in two parts:
+    its rate model is fitted first on real encodes of the training images (``train.rate_fit``, skipped when the
+    loaded weights already hold a fit), then frozen; its distortion net D learns X -> real codec output at each
+    sample's real QP (``forward(x, cond, qp=...)``). Validation runs the whole simulator, QP solve included, from the bpp."""
+
+    def init_training_settings(self) -> None:
+        if hasattr(self.net_g, 'rate_model'):
+            self.fit_rate_model()
+        super().init_training_settings()
+
+    def fit_rate_model(self) -> None:
+        """Fit R on ``train.rate_fit`` = {num_images, sizes, qps, steps, seed} crops of the training images."""
+        from vrpsr_plugin.data.codec_simulator_dataset import decode_rgb, gt_keys
+        from vrpsr_plugin.models.rate_fit import collect_rate_samples, fit_rate_model
+        net, logger = self.get_bare_model(self.net_g), get_root_logger()
+        if torch.isfinite(net.bpp_range).all():
+            logger.info(f'rate model: fitted weights loaded (bpp range {net.bpp_range.tolist()}); not refitted')
+        else:
+            fit_opt = dict(self.opt['train'].get('rate_fit') or {})
+            data_opt = self.opt['datasets']['train']
+            keys = gt_keys(data_opt)
+            rng = np.random.default_rng(int(fit_opt.get('seed', 0)))
+            picks = rng.permutation(len(keys))[:int(fit_opt.get('num_images', 64))]
+            images = []
+            for i in picks:
+                with open(keys[i], 'rb') as handle:
+                    images.append(decode_rgb(handle.read(), keys[i]))
+            lo, hi = (int(v) for v in net.rate_model.qp_range)
+            samples = collect_rate_samples(images, list(data_opt.get('codecs') or ['libx264']),
+                                           fit_opt.get('qps') or list(range(lo, hi + 1, 3)) + [hi],
+                                           fit_opt.get('sizes') or [64, 128, 256],
+                                           seed=int(fit_opt.get('seed', 0)),
+                                           **data_opt.get('encode_kwargs', {}))
+            errors = fit_rate_model(net.rate_model, samples, steps=int(fit_opt.get('steps', 400)))
+            bpps = [b for s in samples for b in s.bpps]
+            net.bpp_range.copy_(torch.tensor([min(bpps), max(bpps)]))
+            logger.info(f'rate model fitted on {errors["count"]} real encodes of {len(samples)} crops: mean '
+                        f'|R/real - 1| = {errors["mean_rel_error"]:.3f}, median {errors["median_rel_error"]:.3f}; '
+                        f'bpp range {min(bpps):.4g}..{max(bpps):.4g}')
+        net.rate_model.requires_grad_(False)
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.net_g.parameters() if p.requires_grad]
 
     def feed_data(self, data: Dict[str, torch.Tensor]) -> None:
         self.gt = data['gt'].to(self.device)
         self.cond = data['cond'].to(self.device)
         self.codec_out = data['codec_out'].to(self.device) if 'codec_out' in data else None
         self.codecs = list(data.get('codec', []))
+        self.qp = torch.as_tensor(data['qp']).to(self.device) if 'qp' in data else None
 
     def forward_train(self) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.codec_out is None:
             raise ValueError('training batches need codec_out (the real codec output)')
+        if hasattr(self.get_bare_model(self.net_g), 'rate_model'):  # rate-aware: D at the sample's real QP
+            return self.net_g(self.gt, self.cond, qp=self.qp.float()), self.codec_out
         return self.net_g(self.gt, self.cond), self.codec_out
 
     def nondist_validation(self, dataloader, current_iter: int, tb_logger, save_img: bool) -> None:

@@ -1,0 +1,148 @@
+"""A differentiable rate model R(X, q): bits of a real intra codec for picture X at QP q (beyond the paper).
+
+Rate-preserving recompression (Eq. 2) spends a fixed budget: the codec's QP for X' is the q* with
+R(X', q*) = bpp, so busier content gets a coarser QP. The paper's simulators take the bpp as a condition and leave
+that coupling implicit; this model makes it explicit. It is a transform-coding rate proxy fitted to real encodes:
+
+    bits(X, q) = header[codec] + sum_{planes, 8x8 blocks, frequencies f} w[codec, plane, f] * log2(1 + (|C_f| / (s[codec, plane, f] * Qstep(q))) ** gamma[codec, plane])
+
+with C the orthonormal 8x8 DCT of the YCbCr 4:2:0 planes (BT.601 limited range, the codecs' input; the DC term
+predicted from the left/top blocks as intra prediction does) and Qstep(q) = 2 ** ((q - 4) / 6), the H.26x step.
+The header term makes the bpp depend on the picture size as the real bitstream does (a 64-px crop pays its
+parameter sets over 4096 pixels). Monotone in q by construction, so :func:`solve_qp` finds q* by bisection and
+differentiates it implicitly: dq*/dX = -(d ln R / dX) / (d ln R / dq).
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from vrpsr_plugin.codecs.condition import CONDITION_CODECS
+
+_BLOCK = 8
+
+
+def _dct_matrix(n: int = _BLOCK) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float64)
+    basis = torch.cos(torch.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * (2.0 / n) ** 0.5
+    basis[0] /= 2 ** 0.5
+    return basis.float()
+
+
+def ycbcr420_levels(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B x 3 x H x W RGB in [0, 1] -> (Y: B x 1 x H x W, CbCr: B x 2 x H/2 x W/2) in 8-bit limited-range code values
+    (BT.601, the matrix and range of :mod:`vrpsr_plugin.codecs.yuv`)."""
+    from vrpsr_plugin.codecs.yuv import KB, KG, KR
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    y = KR * r + KG * g + KB * b
+    chroma = torch.cat([(b - y) / (2 * (1 - KB)), (r - y) / (2 * (1 - KR))], dim=1)
+    chroma = nn.functional.avg_pool2d(chroma, 2, ceil_mode=True)
+    return 16.0 + 219.0 * y, 224.0 * chroma
+
+
+def block_dct(plane: torch.Tensor) -> torch.Tensor:
+    """B x C x H x W -> B x C x 64 x (H/8 * W/8) orthonormal 8x8 DCT coefficients (edges replicated to 8)."""
+    pad_h, pad_w = -plane.shape[-2] % _BLOCK, -plane.shape[-1] % _BLOCK
+    if pad_h or pad_w:
+        plane = nn.functional.pad(plane, (0, pad_w, 0, pad_h), mode='replicate')
+    b, c, h, w = plane.shape
+    blocks = plane.reshape(b, c, h // _BLOCK, _BLOCK, w // _BLOCK, _BLOCK).permute(0, 1, 2, 4, 3, 5)
+    d = _dct_matrix().to(plane)
+    coef = d @ blocks @ d.T  # B x C x nh x nw x 8 x 8
+    # DC: residual of the mean of the left and top neighbours' DC (intra prediction; edges replicated)
+    dc = coef[..., 0, 0]
+    padded = nn.functional.pad(dc, (1, 0, 1, 0), mode='replicate')
+    pred = (padded[..., 1:, :-1] + padded[..., :-1, 1:]) / 2
+    coef = coef.reshape(b, c, h // _BLOCK, w // _BLOCK, _BLOCK * _BLOCK)
+    coef = torch.cat([(dc - pred).unsqueeze(-1), coef[..., 1:]], dim=-1)
+    return coef.reshape(b, c, -1, _BLOCK * _BLOCK).transpose(-1, -2)
+
+
+def qstep(qp: torch.Tensor) -> torch.Tensor:
+    """H.26x quantiser step size of QP ``qp`` (doubles every 6 QP; 1.0 at QP 4)."""
+    return torch.pow(2.0, (qp - 4.0) / 6.0)
+
+
+class DCTRateModel(nn.Module):
+    """R(X, q) in bits per pixel for each codec of ``codecs`` (see the module docstring). ``qp_range`` is the QP
+    range it was fitted on; :meth:`forward` refuses QPs outside it."""
+
+    def __init__(self, codecs: Sequence[str] = CONDITION_CODECS, qp_range: Tuple[float, float] = (12.0, 51.0)) -> None:
+        super().__init__()
+        self.codecs = tuple(codecs)
+        n = len(self.codecs)
+        self.register_buffer('qp_range', torch.tensor([float(qp_range[0]), float(qp_range[1])]))
+        self.log_weight = nn.Parameter(torch.zeros(n, 2, _BLOCK * _BLOCK))  # luma, chroma
+        self.log_scale = nn.Parameter(torch.zeros(n, 2, _BLOCK * _BLOCK))
+        self.log_header_bits = nn.Parameter(torch.full((n,), 8.0))
+        self.log_exponent = nn.Parameter(torch.zeros(n, 2))  # gamma per codec and plane
+
+    def coefficients(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """|DCT| magnitudes (smoothed at 0 for a finite gradient) of luma and chroma: the X-dependent part."""
+        luma, chroma = ycbcr420_levels(x.float())
+        return tuple(torch.sqrt(block_dct(p).square() + 1e-2) for p in (luma, chroma))
+
+    def coefficient_bits(self, magnitudes: Tuple[torch.Tensor, torch.Tensor], onehot: torch.Tensor,
+                         qp: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Bits of each DCT magnitude (per plane: B x C x 64 x N, or broadcastable), for codec one-hot (B x n) and
+        QPs (B,)."""
+        step = qstep(qp.float())[:, None, None, None]
+        weight = torch.einsum('bn,npf->bpf', onehot.float(), self.log_weight.exp())
+        scale = torch.einsum('bn,npf->bpf', onehot.float(), self.log_scale.exp())
+        exponent = onehot.float() @ self.log_exponent.exp()
+        return tuple(weight[:, p][:, None, :, None] *
+                     torch.log2(1 + (m / (scale[:, p][:, None, :, None] * step)) ** exponent[:, p, None, None, None])
+                     for p, m in enumerate(magnitudes))
+
+    def header_bits(self, onehot: torch.Tensor) -> torch.Tensor:
+        """Per-picture bits independent of the content (parameter sets, slice headers), (B,)."""
+        return onehot.float() @ self.log_header_bits.exp()
+
+    def bits(self, coefficients: Tuple[torch.Tensor, torch.Tensor], onehot: torch.Tensor,
+             qp: torch.Tensor) -> torch.Tensor:
+        """Total bits per picture (B,) from :meth:`coefficients`, the codec one-hot (B x n) and QPs (B,)."""
+        return self.header_bits(onehot) + sum(b.sum(dim=(1, 2, 3))
+                                              for b in self.coefficient_bits(coefficients, onehot, qp))
+
+    def check_qp(self, qp: torch.Tensor) -> None:
+        lo, hi = (float(v) for v in self.qp_range)
+        if bool(((qp < lo - 1e-3) | (qp > hi + 1e-3)).any()):
+            raise ValueError(f'the rate model was fitted on QP {lo:g}..{hi:g}; asked for QP '
+                             f'{[round(float(v), 2) for v in qp.flatten()]}')
+
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor, qp: torch.Tensor) -> torch.Tensor:
+        """bpp (B,) of the real codec (one-hot) on X at QP ``qp`` (B,)."""
+        self.check_qp(qp)
+        return self.bits(self.coefficients(x), onehot, qp) / (x.shape[-2] * x.shape[-1])
+
+
+def solve_qp(rate_model: DCTRateModel, x: torch.Tensor, onehot: torch.Tensor, bpp: torch.Tensor,
+             iterations: int = 20) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(q*, reachable): the continuous QP with R(X, q*) = bpp (Eq. 2 through the rate model), differentiable in X
+    by the implicit function theorem; where the rate is out of reach q* is the nearest end of the fitted range
+    (as ``find_qp`` clips) and carries no gradient. ``reachable`` is a bool mask (B,)."""
+    coefficients = rate_model.coefficients(x)
+    pixels = x.shape[-2] * x.shape[-1]
+    log_target = torch.log(bpp.detach().float().clamp_min(1e-6))
+    lo_q, hi_q = (float(v) for v in rate_model.qp_range)
+
+    def log_rate(coef, q):
+        return torch.log(rate_model.bits(coef, onehot, q) / pixels)
+
+    with torch.no_grad():
+        detached = tuple(c.detach() for c in coefficients)
+        lo = torch.full_like(log_target, lo_q)
+        hi = torch.full_like(log_target, hi_q)
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            above = log_rate(detached, mid) > log_target  # rate too high: coarser QP
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        q0 = (lo + hi) / 2
+        reachable = (q0 > lo_q + 1e-2) & (q0 < hi_q - 1e-2)
+        slope = (log_rate(detached, (q0 + 0.25).clamp(max=hi_q)) - log_rate(detached, (q0 - 0.25).clamp(min=lo_q))) \
+            / ((q0 + 0.25).clamp(max=hi_q) - (q0 - 0.25).clamp(min=lo_q))
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        return q0, reachable
+    value = log_rate(coefficients, q0)
+    q_star = q0 - torch.where(reachable, (value - value.detach()) / slope, torch.zeros_like(value))
+    return q_star, reachable
