@@ -5,6 +5,11 @@ piecewise cubic Hermite (``pchip``, the default; ``akima`` optional) and integra
 both curves overlap. Sign convention: positive = the method needs *more* bits for the same quality (worse),
 negative = bitrate saving. A lower-is-better metric (LPIPS, DISTS, FID) is negated first so "same quality" means the
 same metric value and the sign convention holds for every metric. The same points for method and anchor give 0.
+
+Reliability: a BD-rate integrates over the metric interval both curves share, so it says little when that interval
+is a small part of either curve (less than ``MIN_OVERLAP`` of the shorter curve's range), or when a curve is not
+monotone (more bits, lower quality: the interpolation then folds). Both come back as a note, which reports
+print as a warning next to the value.
 """
 import warnings
 from typing import Sequence, Tuple
@@ -13,6 +18,7 @@ import bjontegaard
 import numpy as np
 
 METHODS = ('pchip', 'akima')
+MIN_OVERLAP = 0.5
 
 
 def bd_rate(rate_anchor: Sequence[float], metric_anchor: Sequence[float], rate_test: Sequence[float],
@@ -39,10 +45,18 @@ def bd_rate(rate_anchor: Sequence[float], metric_anchor: Sequence[float], rate_t
             return float('nan'), 'two RD points share a metric value'
         curves.append((rate[order], metric[order]))
     (ra, ma), (rt, mt) = curves
-    if max(ma.min(), mt.min()) >= min(ma.max(), mt.max()):
+    shared = min(ma.max(), mt.max()) - max(ma.min(), mt.min())
+    if shared <= 0:
         return float('nan'), 'the curves do not overlap in this metric'
+    notes = []
+    overlap = shared / min(ma.max() - ma.min(), mt.max() - mt.min())
+    if overlap < MIN_OVERLAP:
+        notes.append(f'unreliable: the curves share only {100 * overlap:.0f}% of the shorter one\'s metric range')
+    for who, rate in (('anchor', ra), ('test', rt)):
+        if np.any(np.diff(rate) <= 0):
+            notes.append(f'unreliable: the {who} curve is not monotone (more bits do not always give better quality)')
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         value = bjontegaard.bd_rate(ra, ma, rt, mt, method=method, require_matching_points=False)
-    note = '; '.join(str(w.message) for w in caught)
-    return float(value), note
+    notes += [str(w.message) for w in caught]
+    return float(value), '; '.join(notes)

@@ -7,6 +7,7 @@ import torch
 
 from vrpsr_plugin.engine import Engine, add_engine_arguments
 from vrpsr_plugin.evaluation.bdrate import METHODS
+from vrpsr_plugin.evaluation.degrade import DEGRADATION_KINDS, DegradationConfig
 from vrpsr_plugin.evaluation.metric_suite import FID_MODES, METRICS, MetricSuite
 from vrpsr_plugin.evaluation.protocol import EvalConfig, Protocol, default_loader, parse_models
 from vrpsr_plugin.evaluation.run import evaluate, run_shards
@@ -25,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--size', type=int, default=512, help='center-crop size of the clean image X')
     parser.add_argument('--scale', type=int, default=None, help='SR scale (default: the models\'; 1 for identity)')
     parser.add_argument('--baseline', default=None, help='method the BD-rates and t-tests compare against')
+    parser.add_argument('--post', nargs='+', default=[], metavar='NAME=PATH',
+                        help='post-processing net h applied after the codec for method NAME (§3.4, Eq. 9)')
+    parser.add_argument('--degradation', choices=DEGRADATION_KINDS, default='realesrgan',
+                        help="X~: Real-ESRGAN's first-order chain, or 'mild' (light blur/noise/JPEG, as the "
+                             "datasets' degradation_type: mild)")
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--tile', type=int, default=0, help='restore in tiles of this size (0 = whole image)')
     parser.add_argument('--metrics', nargs='+', default=list(METRICS), choices=METRICS)
@@ -56,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     with Engine(args.engine, args.workers, args.address) if sharded else contextlib.nullcontext() as engine:
         cfg = EvalConfig(data=args.data, out=args.out, models=parse_models(args.models), codecs=args.codecs,
                          qps=args.qps, crfs=args.crf, size=args.size, scale=args.scale, baseline=args.baseline,
-                         device=args.device, tile=args.tile, color_fix=args.color_fix, bd_method=args.bd_method)
+                         device=args.device, tile=args.tile, color_fix=args.color_fix, bd_method=args.bd_method,
+                         degradation=DegradationConfig(kind=args.degradation), post=parse_models(args.post))
         suite_kwargs = dict(names=args.metrics, device=args.device, lpips_weights=args.lpips_weights,
                             dists_weights=args.dists_weights, fid_weights=args.fid_weights, fid_mode=args.fid,
                             fid_patch=args.fid_patch or min(256, args.size // 2))

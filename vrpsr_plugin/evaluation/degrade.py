@@ -1,7 +1,8 @@
 """The test set of §4.1: clean image X (resized and center-cropped) and its deterministic degradation X~ (Eq. 1).
 
 X~ follows Real-ESRGAN's first-order chain (App. B.1): blur -> resize -> noise -> JPEG, then a resize to
-``size / scale``. Every random choice comes from generators seeded by the image's file name, so every method and
+``size / scale`` (``kind='realesrgan'``), or the training datasets' mild degradation (``kind='mild'``:
+:class:`~vrpsr_plugin.data.degradation.MildDegradation`, light blur/noise/JPEG, where the codec limits quality). Every random choice comes from generators seeded by the image's file name, so every method and
 every rerun sees the identical X~. The kernels and JPEG come from ``basicsr.data.degradations``; parameter ranges are
 those of Real-ESRGAN's ``train_realesrgan_x4plus.yml`` (first degradation).
 """
@@ -20,9 +21,13 @@ from basicsr.utils.img_process_util import filter2D
 KERNELS = ('iso', 'aniso', 'generalized_iso', 'generalized_aniso', 'plateau_iso', 'plateau_aniso')
 
 
+DEGRADATION_KINDS = ('realesrgan', 'mild')
+
+
 @dataclass(frozen=True)
 class DegradationConfig:
-    """Real-ESRGAN first-order degradation parameters."""
+    """Which degradation (``kind``) and Real-ESRGAN first-order degradation parameters (mild: its defaults)."""
+    kind: str = 'realesrgan'
     kernel_prob: Tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
     kernel_sizes: Tuple[int, ...] = (7, 9, 11, 13, 15, 17, 19, 21)
     sinc_prob: float = 0.1
@@ -36,6 +41,10 @@ class DegradationConfig:
     poisson_scale_range: Tuple[float, float] = (0.05, 3.0)
     gray_noise_prob: float = 0.4
     jpeg_range: Tuple[int, int] = (30, 95)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DEGRADATION_KINDS:
+            raise ValueError(f'degradation kind must be one of {DEGRADATION_KINDS}, got {self.kind!r}')
 
 
 def seed_from_name(name: str) -> int:
@@ -96,9 +105,13 @@ def degrade(hr: np.ndarray, scale: int, seed: int, cfg: DegradationConfig = Degr
     height, width = hr.shape[:2]
     if scale < 1 or height % scale or width % scale:
         raise ValueError(f'image size {height}x{width} is not divisible by the scale {scale}')
+    img = torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255.0
+    if cfg.kind == 'mild':
+        from vrpsr_plugin.data.degradation import MildDegradation, seeded
+        with seeded([seed]):
+            return np.ascontiguousarray(tensor2img(MildDegradation({}, scale=scale)(img)[0], rgb2bgr=False))
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed % (2 ** 63))
-    img = torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255.0
     img = filter2D(img, torch.from_numpy(_kernel(rng, cfg)).float()[None])
     direction = rng.choice(3, p=cfg.resize_prob)
     factor = (rng.uniform(1, cfg.resize_range[1]), rng.uniform(cfg.resize_range[0], 1), 1.0)[direction]

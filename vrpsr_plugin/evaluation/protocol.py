@@ -65,6 +65,7 @@ class EvalConfig:
     color_fix: bool = False
     bd_method: str = 'pchip'
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
+    post: Dict[str, str] = field(default_factory=dict)  # method -> post-processing net h after the codec (§3.4)
 
     def points(self) -> List[Point]:
         return [Point('qp', int(q)) for q in self.qps] + [Point('crf', int(c)) for c in self.crfs]
@@ -133,15 +134,22 @@ def default_restore(model: torch.nn.Module, images: torch.Tensor, cond: Optional
 class Protocol:
     """One evaluation run: builds X, X~, the source rates, every method's recompressed output and its metrics.
 
-    ``models`` maps a method name to a loaded network, or None for the identity reference (X' = bicubic X~).
+    ``models`` maps a method name to a loaded network, or None for the identity reference (X' = bicubic X~);
+    ``post_models`` maps a method to a post-processing net h(X^, c) applied to the decoded picture (§3.4, Eq. 9).
     Use :meth:`from_config` to load them from checkpoints / option files.
     """
 
     def __init__(self, cfg: EvalConfig, models: Dict[str, Optional[torch.nn.Module]], suite: MetricSuite,
-                 restore: Callable = default_restore) -> None:
+                 restore: Callable = default_restore,
+                 post_models: Optional[Dict[str, torch.nn.Module]] = None) -> None:
         if not models:
             raise ValueError('at least one model is needed')
         self.cfg, self.models, self.suite, self.restore = cfg, models, suite, restore
+        self.post_models = dict(post_models or {})
+        unknown = sorted(set(self.post_models) - set(models))
+        if unknown:
+            raise ValueError(f'post-processing given for {unknown}, which are not methods of this run '
+                             f'({list(models)})')
         self.root = Path(cfg.out) / 'cache'
         scales = {name: model_scale(m) for name, m in models.items() if m is not None}
         if cfg.scale is not None:
@@ -161,10 +169,11 @@ class Protocol:
     @classmethod
     def from_config(cls, cfg: EvalConfig, suite: MetricSuite, loader: Callable = default_loader) -> 'Protocol':
         models = {name: None if path == IDENTITY else loader(path, cfg.device) for name, path in cfg.models.items()}
-        for model in models.values():
+        post = {name: loader(path, cfg.device) for name, path in cfg.post.items()}
+        for model in [*models.values(), *post.values()]:
             if model is not None:
                 model.eval()
-        return cls(cfg, models, suite)
+        return cls(cfg, models, suite, post_models=post)
 
     # ---------------------------------------------------------------- cache identity
     def _check_cache_identity(self) -> None:
@@ -172,7 +181,10 @@ class Protocol:
         ident = {'size': self.cfg.size, 'scale': self.scale, 'degradation': asdict(self.cfg.degradation)}
         self._check(self.root / 'identity.json', ident)
         for name in self.models:
-            self._check(self.root / 'sr' / name / 'model.json', {'source': str(self.cfg.models.get(name, name))})
+            ident = {'source': str(self.cfg.models.get(name, name))}
+            if name in self.cfg.post:
+                ident['post'] = str(self.cfg.post[name])
+            self._check(self.root / 'sr' / name / 'model.json', ident)
 
     def _check(self, path: Path, expected: dict) -> None:
         found, expected = cache.read_json(path), json.loads(json.dumps(expected))
@@ -244,19 +256,31 @@ class Protocol:
         target_bpp = 8.0 * src['num_bytes'] / (hr.shape[0] * hr.shape[1])
         restored = self.restored(name, path, codec, point, target_bpp)
         result = codec_api.find_qp(restored, codec, target_bpp)
+        final = self.post_process(name, result.image, codec, target_bpp)
         row = {'image': path.stem, 'method': name, 'codec': codec, 'mode': point.mode, 'point': point.value,
                'source_bpp': src['bpp'], 'target_bpp': target_bpp, 'bpp': float(result.bpp),
                'qp': result.qp, 'clipped': not result.reachable,
-               'num_encodes': int(result.num_encodes), 'metrics': self.suite.compute(result.image, hr)}
+               'num_encodes': int(result.num_encodes), 'metrics': self.suite.compute(final, hr)}
         if self.cfg.color_fix:
-            fixed = adain_color_fix(result.image, self.lr(path))
+            fixed = adain_color_fix(final, self.lr(path))
             row['metrics_color_fix'] = self.suite.compute(fixed, hr)
         if self.suite.wants_fid():
-            cache.write_npy(file.with_suffix('.npy'), self.suite.features(result.image))
+            cache.write_npy(file.with_suffix('.npy'), self.suite.features(final))
             if self.cfg.color_fix:
                 cache.write_npy(file.with_name(f'{path.stem}.cf.npy'), self.suite.features(fixed))
         cache.write_json(file, row)
         return row
+
+    def post_process(self, name: str, decoded: np.ndarray, codec: str, target_bpp: float) -> np.ndarray:
+        """What the viewer gets: the decoded picture, or h(X^, c) for a method with post-processing (§3.4)."""
+        net = self.post_models.get(name)
+        if net is None:
+            return decoded
+        device = module_device(net)
+        cond = CodecCondition(codec, target_bpp).vector()[None].to(device)
+        with torch.no_grad():
+            out = self.restore(net, rgb_to_tensor(decoded)[None].to(device), cond, tile=self.cfg.tile).cpu()
+        return tensor2img(out[0], rgb2bgr=False)
 
     def hr_features(self, path: Path) -> np.ndarray:
         """Inception features of X, the FID reference (cached)."""

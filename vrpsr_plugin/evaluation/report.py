@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 from vrpsr_plugin.atomic_io import write_bytes
 
-TABLE1 = ('psnr', 'lpips', 'dists', 'fid')
+TABLE1 = ('psnr', 'ms_ssim', 'lpips', 'dists', 'fid')  # Table 1's metrics, with MS-SSIM
 LABELS = {'psnr': 'PSNR', 'psnr_y': 'PSNR-Y', 'ssim': 'SSIM', 'ms_ssim': 'MS-SSIM', 'lpips': 'LPIPS',
           'dists': 'DISTS', 'fid': 'FID'}
 CODEC_LABELS = {'libx264': 'H.264 (x264)', 'libx265': 'H.265 (x265)', 'libvvenc': 'H.266 (vvenc)'}
@@ -60,8 +60,11 @@ def _value(cell: dict, metric: str, variant: str) -> Optional[float]:
 
 
 def _bd(curve: dict, name: str, variant: str, metric: str) -> str:
+    """The BD-rate cell, with a warning sign when its note says it is unreliable (see bdrate.bd_rate)."""
     found = curve['bd_rate'][name][variant].get(metric)
-    return 'n/a' if found is None or found['value'] is None else f'{found["value"]:+.2f}%'
+    if found is None or found['value'] is None:
+        return 'n/a' + (' ⚠' if found and found.get('note') else '')
+    return f'{found["value"]:+.2f}%' + (' ⚠' if found.get('note') else '')
 
 
 def markdown(results: dict) -> str:
@@ -106,12 +109,30 @@ def markdown(results: dict) -> str:
                     lines.append('| ' + ' | '.join(cells) + ' |')
             lines += ['', '`*`: the rate search was clipped at the end of the QP range for some image (target '
                       'unreachable).', '']
+            lines += _bd_warnings(curves, codecs, mode, methods, baseline, variant)
     lines += _significance(results) + _simulator(results)
     lines += ['## Metrics', '']
     for name, status in results['metrics'].items():
         lines.append(f'- {LABELS[name]}: ' + ('available' if status['available'] else
                                               f'**unavailable** ({status["reason"]})'))
     return '\n'.join(lines) + '\n'
+
+
+def _bd_warnings(curves: dict, codecs: Sequence[str], mode: str, methods: Sequence[str], baseline: str,
+                 variant: str) -> List[str]:
+    """The reason behind every ⚠ of one table: which BD-rate is unreliable and why."""
+    lines = []
+    for codec in codecs:
+        curve = curves[codec].get(mode)
+        for name in methods:
+            if curve is None or name == baseline:
+                continue
+            for metric in TABLE1:
+                found = curve['bd_rate'][name][variant].get(metric)
+                if found and found.get('note'):
+                    lines.append(f'- ⚠ {name} vs {baseline}, {CODEC_LABELS.get(codec, codec)}, {LABELS[metric]}: '
+                                 f'{found["note"]}')
+    return lines + [''] if lines else []
 
 
 def _significance(results: dict) -> List[str]:

@@ -1,0 +1,127 @@
+"""Does a codec simulator behave like the real codec where stage 2 needs it to? (checks beyond Table 3)
+
+For held-out photos X and each codec:
+- ``psnr``: PSNR(f(X, c), real codec output) at each QP, c = (codec, the real bpp), beside PSNR(X, real) (what an
+  identity simulator would score);
+- ``rate``: for a rate-aware simulator, mean |R(X, q) / real bits - 1| of its rate model;
+- ``sweep``: PSNR(X, f(X, c)) as the condition's bpp falls from 3 to 0.03: it must not rise (0.05 dB tolerance;
+  below the rate of the codec's coarsest QP the real codec, and so a rate-aware simulator, stays flat);
+- ``noise``: the price of costly content at a fixed budget. X + n (Gaussian, sigma 8/255) is coded at the bpp X
+  gets at QP 27 and at QP 37 (rate-matched, Eq. 2); the real codec loses PSNR(X, codec(X)) - PSNR(X, codec(X + n))
+  dB, the simulator the same difference with f. ``ratio`` = simulator loss / real loss (1 = the real price).
+
+    python -m vrpsr_plugin.evaluation.simulator_fidelity SIMULATOR.pth DATA_DIR [--size 256] [--codecs ...]
+"""
+import argparse
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+SWEEP_BPPS = (3.0, 1.0, 0.3, 0.1, 0.03)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def _simulate(simulator: torch.nn.Module, image: np.ndarray, codec: str, bpp: float) -> np.ndarray:
+    from basicsr.utils import tensor2img
+
+    from vrpsr_plugin.codecs import CodecCondition
+    from vrpsr_plugin.codecs.inputs import rgb_to_tensor
+    with torch.no_grad():
+        out = simulator(rgb_to_tensor(image)[None], CodecCondition(codec, float(bpp)).vector()[None])
+    return tensor2img(out[0], rgb2bgr=False)
+
+
+def fidelity(simulator: torch.nn.Module, images: Sequence[np.ndarray], codecs: Sequence[str] = ('libx264', 'libx265'),
+             qps: Sequence[int] = (17, 27, 32, 37, 42), noise_sigma: float = 8.0, noise_qps: Sequence[int] = (27, 37),
+             seed: int = 0) -> Dict[str, dict]:
+    """The four checks of the module docstring, per codec (means over ``images``)."""
+    import warnings
+
+    from vrpsr_plugin.codecs import encode, find_qp
+    rng = np.random.default_rng(seed)
+    noisy = [np.clip(im + rng.normal(0, noise_sigma, im.shape), 0, 255).round().astype(np.uint8) for im in images]
+    simulator = simulator.eval()
+    out: Dict[str, dict] = {}
+    for codec in codecs:
+        rows: Dict[int, List[tuple]] = {q: [] for q in qps}
+        rate_errors, sweeps, noise = [], [], {q: [] for q in noise_qps}
+        for image, noisy_image in zip(images, noisy):
+            for qp in qps:
+                real = encode(image, codec, qp=qp)
+                simulated = _simulate(simulator, image, codec, real.bpp)
+                rows[qp].append((_psnr(simulated, real.image), _psnr(image, real.image)))
+                rate_model = getattr(simulator, 'rate_model', None)
+                if rate_model is not None:
+                    from vrpsr_plugin.codecs.inputs import rgb_to_tensor
+                    onehot = torch.tensor([[1.0 if c == codec else 0.0 for c in rate_model.codecs]])
+                    with torch.no_grad():
+                        predicted = float(rate_model(rgb_to_tensor(image)[None], onehot, torch.tensor([float(qp)])))
+                    rate_errors.append(abs(predicted / real.bpp - 1))
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', RuntimeWarning)  # sweep ends may lie outside the fitted range
+                sweeps.append([_psnr(image, _simulate(simulator, image, codec, b)) for b in SWEEP_BPPS])
+            for qp in noise_qps:
+                budget = encode(image, codec, qp=qp)
+                real_noisy = find_qp(noisy_image, codec, budget.bpp)
+                real_loss = _psnr(image, budget.image) - _psnr(image, real_noisy.image)
+                sim_loss = _psnr(image, _simulate(simulator, image, codec, budget.bpp)) - \
+                    _psnr(image, _simulate(simulator, noisy_image, codec, budget.bpp))
+                noise[qp].append((real_loss, sim_loss))
+        sweep = np.mean(sweeps, axis=0)
+        losses = {q: np.mean(v, axis=0) for q, v in noise.items()}
+        out[codec] = {
+            'psnr': {q: {'sim_vs_real': float(np.mean([r[0] for r in rows[q]])),
+                         'identity_vs_real': float(np.mean([r[1] for r in rows[q]]))} for q in qps},
+            'rate': float(np.mean(rate_errors)) if rate_errors else None,
+            'sweep': {'bpp': list(SWEEP_BPPS), 'psnr_vs_x': [float(v) for v in sweep],
+                      'monotone': bool(np.all(np.diff(sweep) < 0.05))},
+            'noise': {q: {'real_db': float(r), 'sim_db': float(f), 'ratio': float(f / r) if r > 0 else None}
+                      for q, (r, f) in losses.items()},
+        }
+    return out
+
+
+def format_fidelity(report: Dict[str, dict]) -> str:
+    """A few printable lines per codec."""
+    lines = []
+    for codec, r in report.items():
+        psnr = ', '.join(f'QP{q} {v["sim_vs_real"]:.2f} (identity {v["identity_vs_real"]:.2f})'
+                         for q, v in r['psnr'].items())
+        lines.append(f'{codec}: PSNR(simulator, real codec) dB: {psnr}')
+        if r['rate'] is not None:
+            lines.append(f'{codec}: rate model mean |R/real - 1| = {r["rate"]:.3f}')
+        sweep = ', '.join(f'{b:g}: {p:.2f}' for b, p in zip(r['sweep']['bpp'], r['sweep']['psnr_vs_x']))
+        lines.append(f'{codec}: PSNR(X, simulator) by condition bpp: {sweep} (monotone: {r["sweep"]["monotone"]})')
+        for qp, n in r['noise'].items():
+            ratio = 'n/a' if n['ratio'] is None else f'{n["ratio"]:.2f}'
+            lines.append(f'{codec}: noise (sigma 8) at the bpp of QP {qp} costs the real codec {n["real_db"]:.2f} dB, '
+                         f'the simulator {n["sim_db"]:.2f} dB (ratio {ratio})')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('simulator', help='simulator checkpoint (.pth with its arch, or a BasicSR option file)')
+    parser.add_argument('data', type=Path, help='folder of held-out photos')
+    parser.add_argument('--size', type=int, default=256, help='center crop of each photo')
+    parser.add_argument('--codecs', nargs='+', default=['libx264', 'libx265'])
+    parser.add_argument('--qps', nargs='+', type=int, default=[17, 27, 32, 37, 42])
+    parser.add_argument('--limit', type=int, default=None, help='use the first N photos')
+    args = parser.parse_args(argv)
+    from vrpsr_plugin.evaluation.cache import read_image
+    from vrpsr_plugin.evaluation.degrade import prepare_hr
+    from vrpsr_plugin.evaluation.protocol import list_images
+    from vrpsr_plugin.inference import load_model
+    images = [prepare_hr(read_image(p), args.size) for p in list_images(args.data)[:args.limit]]
+    print(format_fidelity(fidelity(load_model(args.simulator), images, args.codecs, args.qps)))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
