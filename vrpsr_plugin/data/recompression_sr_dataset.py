@@ -7,10 +7,11 @@ c = (codec, R_bar) is expressed in bpp *of the SR output X'*: the bit budget is 
 R_bar's bpp on X~ divided by s^2 (Eq. 2). The slightly compressed target uses c' = (codec, bpp of the real codec on X
 at QP q - ``target_qp_offset``) (10 in the paper, Eq. 7).
 
-Returns ``lq`` (X~), ``gt`` (X), ``cond``, ``cond_target``, ``qp``, ``qp_target``, ``codec``, ``lq_codec`` (X_bar,
-the real codec output of X~ at q), ``gt_codec`` (the real codec output of X at q - offset) and ``gt_path``. Every
-draw of sample ``i`` comes from generators seeded by ``(seed, epoch, i)`` (:mod:`vrpsr_plugin.data.fresh_draws`):
-fresh every epoch, identical in every worker, run and resume.
+Returns ``lq`` (X~), ``gt`` (X), ``cond``, ``qp``, ``codec``, ``lq_codec`` (X_bar, the real codec output of X~ at
+q), ``lq_bpp``, ``gt_path`` and, with ``with_target`` (default), ``cond_target``, ``qp_target`` and ``gt_codec`` (the
+real codec output of X at q - offset). Every draw of sample ``i`` comes from generators seeded by
+``(seed, epoch, i)`` (:mod:`vrpsr_plugin.data.fresh_draws`): fresh every epoch, identical in every worker, run and
+resume.
 """
 from typing import Any, Dict
 
@@ -34,7 +35,8 @@ class RecompressionSRDataset(FreshDrawMixin, data.Dataset):
     Options: dataroot_gt, io_backend, meta_info, gt_size (None: whole image), scale (1, 2 or 4), codecs,
     qps | qp_range, target_qp_offset (10), degradation_type (``realesrgan``: Real-ESRGAN's chain, default;
     ``mild``: light blur/noise/JPEG, where the codec limits quality), degradation (overrides), use_hflip,
-    use_rot, seed, encode_kwargs, condition_codecs.
+    use_rot, seed, encode_kwargs, condition_codecs, with_target (default true; false skips the real encode of X at
+    q - offset, which only ``supervision: simulator | real_codec`` use).
     """
 
     def __init__(self, opt: Dict[str, Any]) -> None:
@@ -92,10 +94,11 @@ class RecompressionSRDataset(FreshDrawMixin, data.Dataset):
         lq = (lq_t.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
         kwargs = self.opt.get('encode_kwargs', {})
         source = encode(lq, codec, qp=qp, **kwargs)  # Eq. 1: X_bar, R_bar
-        target = encode(gt, codec, qp=qp_target, **kwargs)  # c' (Eq. 7)
         cond = CodecCondition(codec, float(source.bpp) / self.scale ** 2, qp).vector(self.condition_codecs)
-        cond_target = CodecCondition(codec, float(target.bpp), qp_target).vector(self.condition_codecs)
-        return {'lq': rgb_to_tensor(lq), 'gt': gt_t, 'cond': cond, 'cond_target': cond_target, 'qp': qp,
-                'qp_target': qp_target, 'codec': codec, 'lq_codec': rgb_to_tensor(source.image),
-                'gt_codec': rgb_to_tensor(target.image), 'gt_path': key,
-                'lq_bpp': torch.tensor(float(source.bpp))}
+        sample = {'lq': rgb_to_tensor(lq), 'gt': gt_t, 'cond': cond, 'qp': qp, 'codec': codec,
+                  'lq_codec': rgb_to_tensor(source.image), 'gt_path': key, 'lq_bpp': torch.tensor(float(source.bpp))}
+        if self.opt.get('with_target', True):
+            target = encode(gt, codec, qp=qp_target, **kwargs)  # c' (Eq. 7)
+            sample.update(cond_target=CodecCondition(codec, float(target.bpp), qp_target).vector(
+                self.condition_codecs), qp_target=qp_target, gt_codec=rgb_to_tensor(target.image))
+        return sample

@@ -9,7 +9,7 @@ and gradient accumulation (App. A.1, :mod:`vrpsr_plugin.models.schedule`). Subcl
 import copy
 import os.path as osp
 from collections import OrderedDict, defaultdict
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -110,6 +110,10 @@ class CodecLoopModel(AccumulationMixin, SRModel):
         """(prediction, target) of Delta_S for the current batch."""
         raise NotImplementedError
 
+    def extra_loss_terms(self) -> Dict[str, torch.Tensor]:
+        """Loss terms beside Delta_S(prediction, target) for the batch :meth:`forward_train` just ran (none here)."""
+        return {}
+
     def optimize_parameters(self, current_iter: int) -> None:
         """One micro-batch: generator (and discriminator) backward; optimiser/scheduler/EMA step when due."""
         if self.net_d is not None:
@@ -118,6 +122,7 @@ class CodecLoopModel(AccumulationMixin, SRModel):
         self.output = pred
         fake_logits = self.net_d(pred) if self.cri_perceptual.uses_gan else None
         loss_dict = self.cri_perceptual.terms(pred, target, fake_logits)
+        loss_dict.update(self.extra_loss_terms())
         l_total = sum(loss_dict.values())
         if not torch.isfinite(l_total):
             raise FloatingPointError(f'non-finite loss at iteration {current_iter}: '
@@ -217,7 +222,8 @@ class CodecSimulatorModel(CodecLoopModel):
         super().init_training_settings()
 
     def fit_rate_model(self) -> None:
-        """Fit R on ``train.rate_fit`` = {num_images, sizes, qps, steps, seed} crops of the training images."""
+        """Fit R on ``train.rate_fit`` = {num_images, sizes, qps, steps, seed} crops of the training images, half of
+        them passed through the data's ``input_variation`` (as D sees them)."""
         from vrpsr_plugin.data.codec_simulator_dataset import decode_rgb, gt_keys
         from vrpsr_plugin.models.rate_fit import collect_rate_samples, fit_rate_model
         net, logger = self.get_bare_model(self.net_g), get_root_logger()
@@ -237,7 +243,7 @@ class CodecSimulatorModel(CodecLoopModel):
             samples = collect_rate_samples(images, list(data_opt.get('codecs') or ['libx264']),
                                            fit_opt.get('qps') or list(range(lo, hi + 1, 3)) + [hi],
                                            fit_opt.get('sizes') or [64, 128, 256],
-                                           seed=int(fit_opt.get('seed', 0)),
+                                           seed=int(fit_opt.get('seed', 0)), vary=self._input_variation(data_opt),
                                            **data_opt.get('encode_kwargs', {}))
             errors = fit_rate_model(net.rate_model, samples, steps=int(fit_opt.get('steps', 400)))
             bpps = [b for s in samples for b in s.bpps]
@@ -246,6 +252,21 @@ class CodecSimulatorModel(CodecLoopModel):
                         f'|R/real - 1| = {errors["mean_rel_error"]:.3f}, median {errors["median_rel_error"]:.3f}; '
                         f'bpp range {min(bpps):.4g}..{max(bpps):.4g}')
         net.rate_model.requires_grad_(False)
+
+    @staticmethod
+    def _input_variation(data_opt: Dict) -> Optional[Callable[[np.ndarray, int], np.ndarray]]:
+        """The training data's ``input_variation`` as ``vary(crop, i)`` for the rate fit (seeded by i), or None."""
+        if data_opt.get('input_variation') is None:
+            return None
+        from vrpsr_plugin.codecs.inputs import rgb_to_tensor
+        from vrpsr_plugin.data.degradation import MildDegradation, seeded
+        variation = MildDegradation(dict(data_opt['input_variation']))
+
+        def vary(crop: np.ndarray, i: int) -> np.ndarray:
+            with seeded([int(data_opt.get('seed', 0)), i, 2]):
+                out = variation(rgb_to_tensor(crop)[None])[0]
+            return (out.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        return vary
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return [p for p in self.net_g.parameters() if p.requires_grad]

@@ -6,7 +6,7 @@ ln(bpp). Runs in well under a minute for a few hundred crops on a CPU; the encod
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,9 +25,12 @@ class RateSample:
 
 
 def collect_rate_samples(images: Sequence[np.ndarray], codecs: Sequence[str], qps: Sequence[int],
-                         sizes: Sequence[int], seed: int = 0, **encode_kwargs) -> List[RateSample]:
+                         sizes: Sequence[int], seed: int = 0,
+                         vary: Optional[Callable[[np.ndarray, int], np.ndarray]] = None,
+                         **encode_kwargs) -> List[RateSample]:
     """One random crop per image (side drawn from ``sizes``, 16-aligned, at most the image's short side), coded
-    with every codec at every QP."""
+    with every codec at every QP. ``vary(crop, i)`` (e.g. noise, blur, sharpening) replaces every second crop
+    first: the rate model must price the content stage 2's nets produce, not only clean photos."""
     from vrpsr_plugin.codecs import encode
     rng = np.random.default_rng(seed)
     samples = []
@@ -38,6 +41,8 @@ def collect_rate_samples(images: Sequence[np.ndarray], codecs: Sequence[str], qp
         top = int(rng.integers(0, image.shape[0] - side + 1))
         left = int(rng.integers(0, image.shape[1] - side + 1))
         crop = np.ascontiguousarray(image[top:top + side, left:left + side])
+        if vary is not None and len(samples) % 2:
+            crop = vary(crop, len(samples))
         pairs = [(codec, int(qp)) for codec in codecs for qp in qps]
         bpps = [float(encode(crop, codec, qp=qp, **encode_kwargs).bpp) for codec, qp in pairs]
         samples.append(RateSample(crop, [c for c, _ in pairs], [q for _, q in pairs], bpps))

@@ -8,7 +8,8 @@ Options (``train``), each an ablation of Table 5 / Table 3:
 ``ste`` (Eq. 8: the forward value is the real codec output of X' at the rate in c, the gradient the simulator's),
 ``ste_rate: find_qp | qp`` (match the bpp in c, or reuse the sampled QP), ``joint`` (also update f_theta),
 ``supervision: simulator | real_codec | clean`` (X_s = f(X, c'), the real codec output of X at q-10, or X),
-``condition_embedding: false`` (g gets cond=None), ``codec_in_loop: false`` (the non-aware baseline: plain
+``condition_embedding: false`` (g gets cond=None), ``pre_codec_weight`` (adds w * MSE(X', X), see
+:meth:`VRPSRModel.extra_loss_terms`), ``codec_in_loop: false`` (the non-aware baseline: plain
 fine-tuning on Delta_S(X', X), no simulator, same validation). Validation runs the *real* codec on X' at the QP whose rate
 matches the source's (Eq. 2, ``find_qp``) and logs bpp, PSNR and LPIPS of the recompressed output.
 Data: :class:`~vrpsr_plugin.data.recompression_sr_dataset.RecompressionSRDataset`.
@@ -152,11 +153,23 @@ class VRPSRModel(CodecLoopModel):
             if self.gt_codec is None:
                 raise ValueError('supervision real_codec needs gt_codec in the batch (RecompressionSRDataset)')
             return self.gt_codec
+        if self.cond_target is None:
+            raise ValueError('supervision simulator needs cond_target in the batch (RecompressionSRDataset with '
+                             'with_target: true)')
         with torch.no_grad():
             return self.net_sim(self.gt, self.cond_target)
 
     def forward_train(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.through_codec(self.sr_forward(self.net_g)), self.target()
+        self.x_prime = self.sr_forward(self.net_g)
+        return self.through_codec(self.x_prime), self.target()
+
+    def extra_loss_terms(self) -> Dict[str, torch.Tensor]:
+        """``train.pre_codec_weight`` * MSE(X', X): anchors X' where the simulator is accurate (beyond the paper:
+        without it g can learn patterns the simulator undoes and the real codec does not)."""
+        weight = float(self.opt['train'].get('pre_codec_weight', 0.0))
+        if weight <= 0 or self.net_sim is None:
+            return {}
+        return {'l_pre_codec': weight * nn.functional.mse_loss(self.x_prime, self.gt)}
 
     # ----------------------------------------------------------------- validation (Eq. 2 with the real codec)
     def after_codec(self, decoded: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,7 @@ class VRPSRPostModel(VRPSRModel):
                 x_prime = self._sr(self.net_sr)
         else:
             x_prime = self._sr(self.net_sr)
+        self.x_prime = x_prime
         decoded = self.through_codec(x_prime)
         return run_net(self.net_g, decoded, self.cond), self.target()
 
