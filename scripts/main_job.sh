@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the bundled default data (CPU, minutes): tiny simulator -> recompression-aware SR through it and a
-# non-aware baseline (same backbone and steps) -> post-codec quality at matched bitrate. See docs/training.md.
-#   bash scripts/main_job.sh [--out vrpsr_main_job] [--iters 40] [--qps 32 37 42]
+# The main job on the bundled default data (CPU): rate-aware codec simulator -> recompression-aware restoration
+# through it vs a non-aware baseline, and the joint SR/post-processing sandwich vs SR-then-post -> rate-matched
+# comparison after the real x264/x265 on held-out photos. See docs/training.md.
+#   bash scripts/main_job.sh [--out DIR (default ~/.cache/vrpsr_plugin/main_job)] [--scale-iters F] [--qps ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

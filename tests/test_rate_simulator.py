@@ -117,6 +117,7 @@ def test_stage1_fits_then_trains_and_stage2_trains_through_it(tmp_path):
     opt['name'] = 'smoke_vrpsr_rate'
     opt['network_sim'] = dict(state['arch'])
     opt['path']['pretrain_network_sim'] = str(checkpoint)
+    opt['train'].update(pre_codec_weight=1.0, supervision='clean')
     for split in ('train', 'val'):
         opt['datasets'][split].update(degradation_type='mild', degradation={})
     (tmp_path / 'stage2.yml').write_text(yaml.safe_dump(opt))
@@ -126,4 +127,5 @@ def test_stage1_fits_then_trains_and_stage2_trains_through_it(tmp_path):
     assert proc.returncode == 0, log[-3000:]
     assert (tmp_path / 'experiments/smoke_vrpsr_rate/models/net_g_latest.pth').is_file()
     totals = [float(v) for v in re.findall(r'l_total: ([-+0-9.e]+)', log)]
-    assert totals and np.isfinite(totals).all()
+    anchors = [float(v) for v in re.findall(r'l_pre_codec: ([-+0-9.e]+)', log)]
+    assert totals and np.isfinite(totals).all() and len(anchors) == len(totals) and all(a > 0 for a in anchors)

@@ -125,7 +125,7 @@ def test_main_job_stops_its_training(tmp_path):
     """The main job's training subprocess gets SIGTERM (and so kills its own ffmpeg), not SIGKILL or nothing."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
     proc = subprocess.Popen([sys.executable, '-m', 'vrpsr_plugin.main_job', '--out', str(tmp_path / 'job'),
-                             '--iters', '4'], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             '--scale-iters', '0.001'], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while not children_of(proc.pid):

@@ -1,139 +1,183 @@
-"""The main job on the bundled default data, on a CPU in minutes:
+"""The main job: does recompression-awareness pay? Real photos, real codecs, minutes on a CPU.
 
-1. write small real photos (scikit-image's) as the training/validation data;
-2. stage 1: train a tiny codec simulator on real x264/x265 outputs (options/smoke/train_simulator.yml, Eq. 6);
-3. stage 2: train a tiny recompression-aware SR through it (options/smoke/vrpsr.yml, Eq. 3/7) and a non-aware
-   baseline with the same backbone, data, loss and steps (options/smoke/baseline.yml);
-4. report both at matched bitrate: degraded source X~ -> SR -> real codec at the QP whose rate matches the
-   source's (Eq. 2, ``find_qp``) -> PSNR / LPIPS against X.
+1. stage 1: the rate-aware codec simulator (options/main_job/stage1_simulator.yml): rate model fitted on real
+   x264/x265 encodes, then the QP-conditioned distortion net; its fidelity checks on held-out photos;
+2. stage 2: recompression-aware restoration through it (vrpsr.yml) and the non-aware baseline (baseline.yml):
+   same net, data, MSE loss, steps and seed;
+3. §3.4: the SR -> codec -> post-processing sandwich trained jointly (post_joint.yml) against its ablation with
+   the SR net frozen (post_sr_then_post.yml), same post net and steps;
+4. the rate-matched comparison (``vrpsr eval``'s protocol, Eq. 1-2) on held-out photos with real x264 and x265 at
+   4 source QPs: BD-rates with their reliability, paired t-tests and RD plots (results.md / rd_*.png per run).
 
-    python -m vrpsr_plugin.main_job [--out vrpsr_main_job] [--iters 40]
+    python -m vrpsr_plugin.main_job [--out DIR] [--train-data DIR] [--test-data DIR] [--scale-iters F]
 
-The trainings run BasicSR's pipeline (as ``vrpsr_plugin/train.py``) with the output folder as root. LPIPS uses
-the real AlexNet backbone when torchvision's weights are in the torch hub cache, otherwise the random-backbone
-stand-in (then it is labelled as such and is not the LPIPS metric).
+Data: ../shared/data (TrainPhotos for training, CBSD68 for testing) when present beside the repository, else
+scikit-image's bundled photos (a much smaller demo). The work folder defaults to the user's cache
+(~/.cache/vrpsr_plugin/main_job), so nothing is written into the checkout.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
-from basicsr.archs import build_network
-
-from vrpsr_plugin.archs.checkpoint import load_state_dict_strict, read_checkpoint, unwrap_state_dict
-from vrpsr_plugin.commands import run_command
-from vrpsr_plugin.data.demo_images import write_demo_images
-from vrpsr_plugin.data.recompression_sr_dataset import RecompressionSRDataset
-from vrpsr_plugin.losses.vrpsr_loss import build_lpips
-from vrpsr_plugin.metrics.pretrained import MetricUnavailable, load_lpips
-from vrpsr_plugin.models.codec_simulator_model import run_net
-from vrpsr_plugin.models.vrpsr_model import real_codec
-
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / 'options' / 'smoke'
+OPTIONS = REPO / 'options' / 'main_job'
+SHARED_DATA = REPO.parent / 'shared' / 'data'
+ITERS = {'stage1_simulator': 1500, 'baseline': 800, 'vrpsr': 800, 'post_sr_then_post': 500, 'post_joint': 500}
 
 
-def train(root: Path, option: str, name: str, iters: int, extra: Sequence[str] = ()) -> None:
-    """One smoke option through BasicSR's train pipeline in ``root`` (logs under root/experiments/name)."""
-    force = [f'name={name}', f'train:total_iter={iters}', f'train:scheduler:total_steps={iters}',
-             f'logger:save_checkpoint_freq={iters}', f'val:val_freq={iters}', *extra]
+def default_out() -> Path:
+    cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return Path(cache) / 'vrpsr_plugin' / 'main_job'
+
+
+def train(root: Path, option: str, iters: int, data: Dict[str, Path], log: List[str]) -> Path:
+    """One option file of options/main_job through the plugin's train entry point, in ``root``; returns its
+    latest checkpoint folder. An existing finished run (its latest checkpoint) is reused."""
+    name = f'main_{option}'
+    models = root / 'experiments' / name / 'models'
+    if (models / 'net_g_latest.pth').is_file():
+        print(f'[main job] {name}: reusing {models}', flush=True)
+        return models
+    force = [f'train:total_iter={iters}', f'train:scheduler:total_steps={iters}',
+             f'logger:save_checkpoint_freq={iters}'] + [f'datasets:{k}:dataroot_gt={v}' for k, v in data.items()]
     env = {**os.environ, 'VRPSR_ROOT': str(root),
            'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
-    env.setdefault('OMP_NUM_THREADS', '1')
-    print(f'[main job] training {name} ({option}, {iters} iterations)', flush=True)
-    cmd = [sys.executable, '-m', 'vrpsr_plugin.train', '-opt', str(SMOKE / option), '--force_yml', *force]
-    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    print(f'[main job] training {name} ({iters} iterations)', flush=True)
+    start = time.time()
+    with open(root / f'{name}.log', 'w') as handle:
+        proc = subprocess.Popen([sys.executable, '-m', 'vrpsr_plugin.train', '-opt', str(OPTIONS / f'{option}.yml'),
+                                 '--force_yml', *force], cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT)
         try:
-            stdout, stderr = proc.communicate()
-        except BaseException:  # SIGTERM/Ctrl-C here: SIGTERM lets the training unwind and kill its ffmpeg children
+            code = proc.wait()
+        except BaseException:  # SIGTERM/Ctrl-C: let the child unwind (it stops its own ffmpeg children)
             proc.terminate()
             proc.wait()
             raise
-    (root / f'{name}.log').write_text(stdout + stderr)
-    if proc.returncode:
-        raise RuntimeError(f'training {name} failed; see {root / f"{name}.log"}:\n{stderr[-3000:]}')
+    if code:
+        tail = (root / f'{name}.log').read_text()[-3000:]
+        raise RuntimeError(f'training {name} failed; see {root / f"{name}.log"}:\n{tail}')
+    for line in (root / f'{name}.log').read_text().splitlines():
+        if 'rate model fitted' in line:
+            log.append(f'{name}: {line.split("INFO: ", 1)[-1]}')
+    log.append(f'{name}: {iters} iterations in {time.time() - start:.0f} s')
+    return models
 
 
-def lpips_metric() -> tuple:
-    """(LPIPS module, label): the real metric when its pretrained weights load, else the random stand-in."""
-    try:
-        return load_lpips(), 'LPIPS'
-    except MetricUnavailable:
-        return build_lpips('alex', False), 'LPIPS(random backbone: not the metric)'
+def prepare_data(root: Path, train_data: Optional[Path], test_data: Optional[Path],
+                 num_test: int) -> Dict[str, Path]:
+    """Training and held-out folders: the given ones, ../shared/data's, or scikit-image's photos."""
+    from vrpsr_plugin.data.demo_images import write_demo_images
+    if train_data is None:
+        train_data = SHARED_DATA / 'TrainPhotos'
+        if not train_data.is_dir():
+            train_data = root / 'datasets' / 'train'
+            write_demo_images(train_data, size=128, per_photo=4)
+    if test_data is None:
+        shared_test = SHARED_DATA / 'CBSD68'
+        test_data = root / 'datasets' / 'test'
+        test_data.mkdir(parents=True, exist_ok=True)
+        if shared_test.is_dir():  # an evenly spaced subset, linked, not copied
+            files = sorted(shared_test.glob('*.png'))
+            for src in files[::max(1, len(files) // num_test)][:num_test]:
+                link = test_data / src.name
+                if not link.exists():
+                    link.symlink_to(src)
+        elif not any(test_data.iterdir()):
+            write_demo_images(test_data, size=256, per_photo=1, names=['chelsea', 'cat', 'rocket'])
+    return {'train': Path(train_data).resolve(), 'test': Path(test_data).resolve()}
 
 
-@torch.no_grad()
-def evaluate(networks: Dict[str, torch.nn.Module], dataset: RecompressionSRDataset) -> Dict[str, Dict[str, float]]:
-    """Mean bpp / PSNR / LPIPS after rate-matched real recompression (Eq. 2) for each network, plus 'source'
-    (the source's own codec output X_bar, no SR)."""
-    from basicsr.metrics.psnr_ssim import calculate_psnr_pt
-    lpips, _ = lpips_metric()
-    rows: Dict[str, List[Dict[str, float]]] = {name: [] for name in ['source', *networks]}
-    for index in range(len(dataset)):
-        s = dataset[index]
-        lq, gt, cond = s['lq'][None], s['gt'][None], s['cond'][None]
-        outputs = {'source': (s['lq_codec'][None], float(s['lq_bpp']))}
-        for name, net in networks.items():
-            decoded, rates = real_codec(run_net(net, lq, cond).clamp(0, 1), [s['codec']], bpps=cond[:, -1])
-            outputs[name] = (decoded, rates[0])
-        for name, (image, bpp) in outputs.items():
-            rows[name].append({'bpp': bpp, 'psnr': float(calculate_psnr_pt(image, gt, crop_border=0)),
-                               'lpips': float(lpips(image, gt, normalize=True).mean())})
-    return {name: {k: sum(r[k] for r in rs) / len(rs) for k in rs[0]} for name, rs in rows.items()}
+def evaluate(out: Path, models: Dict[str, str], post: Dict[str, str], data: Path, size: int, qps: Sequence[int],
+             codecs: Sequence[str]) -> dict:
+    """``vrpsr eval``'s rate-matched protocol (mild degradation, as trained) into ``out``."""
+    from vrpsr_plugin.evaluation.degrade import DegradationConfig
+    from vrpsr_plugin.evaluation.metric_suite import MetricSuite
+    from vrpsr_plugin.evaluation.protocol import EvalConfig, Protocol
+    from vrpsr_plugin.evaluation.run import evaluate as run_eval
+    cfg = EvalConfig(data=data, out=out, models=models, post=post, codecs=list(codecs), qps=list(qps), size=size,
+                     degradation=DegradationConfig(kind='mild'))
+    suite = MetricSuite.load(names=('psnr', 'psnr_y', 'ssim', 'ms_ssim'), fid_mode='off')
+    return run_eval(Protocol.from_config(cfg, suite), progress=False)
 
 
-def load_net(option: str, checkpoint: Path) -> torch.nn.Module:
-    import yaml
-    from basicsr.utils.options import ordered_yaml
-    with open(SMOKE / option) as handle:
-        net_opt = yaml.load(handle, Loader=ordered_yaml()[0])['network_g']
-    net = build_network(net_opt)
-    load_state_dict_strict(net, unwrap_state_dict(read_checkpoint(checkpoint)))
-    return net.eval()
+def summary_lines(results: dict, method: str) -> List[str]:
+    """BD-rate (with its reliability note) and the per-QP PSNR / MS-SSIM difference of ``method`` vs the baseline."""
+    baseline = results['protocol']['baseline']
+    lines = []
+    for codec, modes in results['curves'].items():
+        curve = modes['qp']
+        for metric in ('psnr', 'ms_ssim'):
+            bd = curve['bd_rate'][method]['raw'][metric]
+            value = 'n/a' if bd['value'] is None else f'{bd["value"]:+.2f}%'
+            deltas = []
+            for point in curve['points']:
+                m = point['methods']
+                diff = m[method]['metrics']['raw'][metric]['mean'] - m[baseline]['metrics']['raw'][metric]['mean']
+                p = point['ttest'][method]['raw'][metric]['p']
+                deltas.append(f'QP{point["point"]}: {diff:+.{2 if metric == "psnr" else 4}f} (p={p:.2g})')
+            warn = f'  ⚠ {bd["note"]}' if bd['note'] else ''
+            lines.append(f'{codec:8} {metric:7} BD-rate {method} vs {baseline}: {value:>8}  |  ' + ', '.join(deltas)
+                         + warn)
+    return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', type=Path, default=Path('vrpsr_main_job'), help='work folder (root of the runs)')
-    parser.add_argument('--iters', type=int, default=40, help='iterations of each training')
-    parser.add_argument('--qps', nargs='+', type=int, default=[32, 37, 42], help='source QPs of the report')
+    parser.add_argument('--out', type=Path, default=None, help='work folder (default ~/.cache/vrpsr_plugin/main_job)')
+    parser.add_argument('--train-data', type=Path, default=None, help='training photos (default ../shared TrainPhotos)')
+    parser.add_argument('--test-data', type=Path, default=None, help='held-out photos (default 16 of CBSD68)')
+    parser.add_argument('--num-test', type=int, default=16, help='held-out photos taken from CBSD68')
+    parser.add_argument('--size', type=int, default=256, help='center crop of the held-out photos')
+    parser.add_argument('--qps', nargs='+', type=int, default=[27, 32, 37, 42], help='source QPs')
+    parser.add_argument('--codecs', nargs='+', default=['libx264', 'libx265'])
+    parser.add_argument('--scale-iters', type=float, default=1.0, help='multiply every training length')
     args = parser.parse_args(argv)
-    root = args.out.resolve()
-    write_demo_images(root / 'datasets/demo/train', size=96, per_photo=2)
-    write_demo_images(root / 'datasets/demo/val', size=96, per_photo=1, names=['astronaut', 'coffee'])
-    val_names = ['chelsea', 'cat']  # held-out photos for the report
-    write_demo_images(root / 'datasets/demo/test', size=96, per_photo=1, names=val_names)
-    train(root, 'train_simulator.yml', 'smoke_train_simulator', args.iters)
-    train(root, 'vrpsr.yml', 'main_vrpsr', args.iters)
-    train(root, 'baseline.yml', 'main_baseline', args.iters)
-    nets = {'baseline': load_net('baseline.yml', root / 'experiments/main_baseline/models/net_g_latest.pth'),
-            'vrpsr': load_net('vrpsr.yml', root / 'experiments/main_vrpsr/models/net_g_latest.pth')}
-    _, lpips_label = lpips_metric()
-    report = {}
-    for codec in ('libx264', 'libx265'):
-        for qp in args.qps:
-            dataset = RecompressionSRDataset({
-                'dataroot_gt': str(root / 'datasets/demo/test'), 'io_backend': {'type': 'disk'}, 'codecs': [codec],
-                'qps': [qp], 'gt_size': None, 'scale': 1, 'seed': 7,
-                'degradation': {'resize_range': [0.5, 1.5], 'resize_range2': [0.5, 1.2]}})
-            report[f'{codec}@qp{qp}'] = evaluate(nets, dataset)
-    (root / 'report.json').write_text(json.dumps({'lpips': lpips_label, 'results': report}, indent=1))
-    print(f'\nPost-codec quality at matched bitrate (real codec, find_qp to the source bpp); {lpips_label}')
-    print(f'{"setting":<16}{"method":<10}{"bpp":>8}{"PSNR":>8}{"LPIPS":>8}')
-    for setting, methods in report.items():
-        for method, m in methods.items():
-            print(f'{setting:<16}{method:<10}{m["bpp"]:>8.3f}{m["psnr"]:>8.2f}{m["lpips"]:>8.4f}')
-    mean = {m: {k: sum(r[m][k] for r in report.values()) / len(report) for k in ('bpp', 'psnr', 'lpips')}
-            for m in ('source', 'baseline', 'vrpsr')}
-    print('mean            ' + '  '.join(f'{m}: bpp {v["bpp"]:.3f} PSNR {v["psnr"]:.2f} LPIPS {v["lpips"]:.4f}'
-                                         for m, v in mean.items()))
-    print(f'report: {root / "report.json"}; tensorboard: {root / "tb_logger"}')
+    root = (args.out or default_out()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    data = prepare_data(root, args.train_data, args.test_data, args.num_test)
+    iters = {k: max(10, round(v * args.scale_iters)) for k, v in ITERS.items()}
+    log: List[str] = [f'training photos: {data["train"]}; held-out photos: {data["test"]}']
+    train_set = {'train': data['train']}
+    sim = train(root, 'stage1_simulator', iters['stage1_simulator'], {**train_set, 'val': data['test']}, log)
+
+    from vrpsr_plugin.evaluation.cache import read_image
+    from vrpsr_plugin.evaluation.degrade import prepare_hr
+    from vrpsr_plugin.evaluation.protocol import list_images
+    from vrpsr_plugin.evaluation.simulator_fidelity import fidelity, format_fidelity
+    from vrpsr_plugin.inference import load_model
+    held_out = [prepare_hr(read_image(p), args.size) for p in list_images(data['test'])[:8]]
+    fidelity_report = fidelity(load_model(str(sim / 'net_g_latest.pth')), held_out, args.codecs)
+    fidelity_text = format_fidelity(fidelity_report)
+    print(fidelity_text, flush=True)
+
+    nets = {name: train(root, name, iters[name], train_set, log) / 'net_g_latest.pth'
+            for name in ('baseline', 'vrpsr')}
+    posts = {name: train(root, name, iters[name], train_set, log) for name in ('post_sr_then_post', 'post_joint')}
+    common = dict(data=data['test'], size=args.size, qps=args.qps, codecs=args.codecs)
+    sr = evaluate(root / 'eval_sr', {'baseline': str(nets['baseline']), 'vrpsr': str(nets['vrpsr']),
+                                     'identity': 'identity'}, {}, **common)
+    post = evaluate(root / 'eval_post',
+                    {'sr_then_post': str(nets['baseline']), 'joint': str(posts['post_joint'] / 'net_sr_latest.pth')},
+                    {'sr_then_post': str(posts['post_sr_then_post'] / 'net_g_latest.pth'),
+                     'joint': str(posts['post_joint'] / 'net_g_latest.pth')}, **common)
+    lines = ['', f'== Rate-matched comparison on {len(list_images(data["test"]))} held-out photos ({args.size} px, '
+                 'real codecs, find_qp to the source rate; negative BD-rate = fewer bits for the same quality) ==']
+    lines += summary_lines(sr, 'vrpsr') + summary_lines(post, 'joint')
+    lines += ['', *log, f'total wall time: {time.time() - start:.0f} s',
+              f'tables, paired t-tests and RD plots: {root / "eval_sr" / "results.md"}, '
+              f'{root / "eval_post" / "results.md"}']
+    print('\n'.join(lines), flush=True)
+    (root / 'main_job.json').write_text(json.dumps({'fidelity': fidelity_report, 'summary': lines}, indent=1,
+                                                   default=str))
     return 0
 
 
 if __name__ == '__main__':
+    from vrpsr_plugin.commands import run_command
     raise SystemExit(run_command('main_job', main))
