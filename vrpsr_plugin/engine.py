@@ -9,13 +9,14 @@ finished in, so the output does not depend on the engine or on the number of wor
 """
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from vrpsr_plugin.commands import UserError, stop_with_parent
+from vrpsr_plugin.commands import Terminated, UserError, stop_with_parent
 
 ENGINES = ('local', 'ray')
 RAY_INSTALL = 'pip install "vrpsr_plugin[cluster]" (or pip install "ray>=2.9")'
@@ -31,6 +32,16 @@ def add_engine_arguments(parser: Any, default_workers: str) -> None:
     parser.add_argument('--workers', type=int, default=None,
                         help=f'tasks run at once (default: {default_workers}); 1 with --engine local runs in this '
                              'process')
+
+
+def run_in_worker(fn: Callable, *args):
+    """A pool task: ``fn(*args)``; on SIGTERM (the parent died or stopped the pool) the task unwinds, killing its
+    ffmpeg, and the worker exits. Without this the pool's own ``except BaseException`` would return the signal to
+    the (dead) parent as the task's error and the worker would wait for its next task forever."""
+    try:
+        return fn(*args)
+    except Terminated as exc:
+        os._exit(exc.code if isinstance(exc.code, int) else 128 + signal.SIGTERM)
 
 
 class Engine:
@@ -102,7 +113,7 @@ class Engine:
             if self._pool is None:  # spawn: a forked copy of a process that already ran torch can hang in OpenMP
                 self._pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context('spawn'),
                                                  initializer=stop_with_parent, initargs=(os.getpid(),))
-            futures = {self._pool.submit(fn, *task): i for i, task in remaining.items()}
+            futures = {self._pool.submit(run_in_worker, fn, *task): i for i, task in remaining.items()}
             try:
                 for future in as_completed(futures):
                     i = futures[future]

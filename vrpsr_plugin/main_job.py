@@ -44,6 +44,7 @@ def train(root: Path, option: str, iters: int, data: Dict[str, Path], log: List[
         print(f'[main job] {name}: reusing {models}', flush=True)
         return models
     force = [f'train:total_iter={iters}', f'train:scheduler:total_steps={iters}',
+             f'train:scheduler:warmup_steps={min(50, iters // 10)}',
              f'logger:save_checkpoint_freq={iters}'] + [f'datasets:{k}:dataroot_gt={v}' for k, v in data.items()]
     env = {**os.environ, 'VRPSR_ROOT': str(root),
            'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
