@@ -21,7 +21,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
-from vrpsr_plugin.codecs.inputs import rgb_to_tensor
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor, to_rgb_uint8
 from vrpsr_plugin.data.codec_bank import CodecBank
 from vrpsr_plugin.data.degradation import MildDegradation, seeded
 from vrpsr_plugin.data.fresh_draws import FreshDrawMixin
@@ -176,7 +176,7 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
             if self.input_variation is not None and rng.random() < self.opt.get('input_variation_prob', 0.5):
                 with seeded([*self.draw_seed(index), 1]):
                     varied = self.input_variation(rgb_to_tensor(gt)[None])[0]
-                gt = (varied.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+                gt = to_rgb_uint8(varied)
             result = encode(gt, codec, qp=qp, **self.opt.get('encode_kwargs', {}))
             decoded, bpp, gt_path = result.image, float(result.bpp), key
         if self.bank:

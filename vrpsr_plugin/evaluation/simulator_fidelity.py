@@ -23,8 +23,8 @@ SWEEP_BPPS = (3.0, 1.0, 0.3, 0.1, 0.03)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+    from basicsr.metrics import calculate_psnr
+    return float(calculate_psnr(a, b, crop_border=0))
 
 
 def _simulate(simulator: torch.nn.Module, image: np.ndarray, codec: str, bpp: float) -> np.ndarray:
@@ -44,9 +44,11 @@ def fidelity(simulator: torch.nn.Module, images: Sequence[np.ndarray], codecs: S
     import warnings
 
     from vrpsr_plugin.codecs import encode, find_qp
+    from vrpsr_plugin.codecs.inputs import rgb_to_tensor
     rng = np.random.default_rng(seed)
     noisy = [np.clip(im + rng.normal(0, noise_sigma, im.shape), 0, 255).round().astype(np.uint8) for im in images]
     simulator = simulator.eval()
+    rate_model = getattr(simulator, 'rate_model', None)
     out: Dict[str, dict] = {}
     for codec in codecs:
         rows: Dict[int, List[tuple]] = {q: [] for q in qps}
@@ -56,9 +58,7 @@ def fidelity(simulator: torch.nn.Module, images: Sequence[np.ndarray], codecs: S
                 real = encode(image, codec, qp=qp)
                 simulated = _simulate(simulator, image, codec, real.bpp)
                 rows[qp].append((_psnr(simulated, real.image), _psnr(image, real.image)))
-                rate_model = getattr(simulator, 'rate_model', None)
                 if rate_model is not None:
-                    from vrpsr_plugin.codecs.inputs import rgb_to_tensor
                     onehot = torch.tensor([[1.0 if c == codec else 0.0 for c in rate_model.codecs]])
                     with torch.no_grad():
                         predicted = float(rate_model(rgb_to_tensor(image)[None], onehot, torch.tensor([float(qp)])))
