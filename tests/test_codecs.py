@@ -189,6 +189,22 @@ def test_find_qp_returns_the_closest_qp_with_few_encodes(codec, targets, photos)
     assert np.mean(counts) <= 4.5  # bisection over 52 QPs needs ~6
 
 
+def test_find_qp_first_guess_saves_encodes_not_accuracy(photos):
+    """A first guess near the answer (as the source's QP is in the rate-matched evaluation) needs fewer encodes and
+    finds the same QP; a bad guess is refused by name."""
+    plain, hinted = [], []
+    for image in photos:
+        source = encode(image, 'libx264', qp=37)
+        target = 1.1 * source.bpp  # a restored picture costs a little more than its source at the same QP
+        a, b = find_qp(image, 'libx264', target), find_qp(image, 'libx264', target, first_qp=37)
+        assert a.qp == b.qp
+        plain.append(a.num_encodes)
+        hinted.append(b.num_encodes)
+    assert np.mean(hinted) < np.mean(plain)
+    with pytest.raises(ValueError, match='first_qp must be an integer QP'):
+        find_qp(photos[0], 'libx264', 0.5, first_qp=60)
+
+
 def test_find_qp_on_webp_quality_scale(photos):
     # WebP's rate rises with its quality and is only nearly monotone (one step can go down by ~1%), so the
     # search lands on a near-closest quality: within a few per cent of the target.

@@ -129,3 +129,27 @@ def test_stage1_fits_then_trains_and_stage2_trains_through_it(tmp_path):
     totals = [float(v) for v in re.findall(r'l_total: ([-+0-9.e]+)', log)]
     anchors = [float(v) for v in re.findall(r'l_pre_codec: ([-+0-9.e]+)', log)]
     assert totals and np.isfinite(totals).all() and len(anchors) == len(totals) and all(a > 0 for a in anchors)
+
+
+def test_stage1_with_the_dct_proxy_fits_saves_and_has_nothing_to_train(tmp_path):
+    """``distortion: dct``: train.py fits the rate model and the proxy, validates and saves with total_iter 0; asking
+    it to train is a clear error."""
+    from vrpsr_plugin.inference import load_model
+    write_demo_images(tmp_path / 'datasets/demo/train', size=96, per_photo=1, names=['astronaut', 'coffee'])
+    write_demo_images(tmp_path / 'datasets/demo/val', size=64, per_photo=1, names=['chelsea'])
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(tmp_path)}
+
+    def run(iters: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, '-m', 'vrpsr_plugin.train', '-opt',
+                               str(REPO / 'options/smoke/train_rate_simulator.yml'), '--force_yml',
+                               'network_g:distortion=dct', f'train:total_iter={iters}', 'val:val_freq=1',
+                               'logger:save_checkpoint_freq=1'], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+    proc = run(0)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert 'quantisation proxy fitted on' in log and 'Validation demo_val' in log
+    sim = load_model(str(tmp_path / 'experiments/smoke_train_rate_simulator/models/net_g_latest.pth'))
+    assert float(sim.distortion.fitted) == 1.0 and sim.arch_spec['distortion'] == 'dct'
+    proc = run(3)
+    assert proc.returncode != 0 and 'set train.total_iter: 0' in proc.stdout + proc.stderr

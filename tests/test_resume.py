@@ -96,6 +96,24 @@ class _Interrupted(KeyboardInterrupt):
     pass
 
 
+def test_only_rank_0_writes_checkpoints(tmp_path, monkeypatch):
+    """Under DDP every rank calls save(); as in basicsr only rank 0 writes (the atomic replacements keep that)."""
+    import basicsr.utils.dist_util as dist_util
+    models, states = tmp_path / 'models', tmp_path / 'training_states'
+    models.mkdir()
+    states.mkdir()
+    model = types.SimpleNamespace(opt={'path': {'models': str(models), 'training_states': str(states)}},
+                                  get_bare_model=lambda net: net, optimizers=[], schedulers=[])
+    monkeypatch.setattr(dist_util, 'get_dist_info', lambda: (1, 2))
+    basicsr_fixes.save_network(model, nn.Conv2d(3, 3, 3), 'net_g', 7)
+    basicsr_fixes.save_training_state(model, 0, 7)
+    assert os.listdir(models) == [] and os.listdir(states) == []
+    monkeypatch.setattr(dist_util, 'get_dist_info', lambda: (0, 2))
+    basicsr_fixes.save_network(model, nn.Conv2d(3, 3, 3), 'net_g', 7)
+    basicsr_fixes.save_training_state(model, 0, 7)
+    assert os.listdir(models) == ['net_g_7.pth'] and os.listdir(states) == ['7.state']
+
+
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     """A write killed half-way leaves the previous complete file (or none) under the final name, never a
     truncated one, and no temporary file (basicsr writes in place, retries, then only logs)."""

@@ -26,6 +26,7 @@ from basicsr import test as basicsr_test
 from basicsr import train as basicsr_train
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import check_resume, get_root_logger, scandir
+from basicsr.utils.dist_util import master_only
 from basicsr.utils.options import parse_options as _basicsr_parse_options
 
 from vrpsr_plugin.archs.checkpoint import CheckpointError, load_checkpoint_file
@@ -99,9 +100,11 @@ def load_resume_state(opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return state
 
 
+@master_only
 def save_network(self: BaseModel, net, net_label: str, current_iter: int, param_key='params') -> None:
     """basicsr's ``models/<net_label>_<iter>.pth`` (``latest`` for -1): ``{param_key: state on the CPU}`` for one
-    net or lists of nets and keys, plus ``'arch'`` (the net's ``arch_spec``) when it has one, written atomically."""
+    net or lists of nets and keys, plus ``'arch'`` (the net's ``arch_spec``) when it has one, written atomically,
+    by rank 0 only (as basicsr's)."""
     nets = net if isinstance(net, list) else [net]
     keys = param_key if isinstance(param_key, list) else [param_key]
     if len(nets) != len(keys):
@@ -115,10 +118,11 @@ def save_network(self: BaseModel, net, net_label: str, current_iter: int, param_
     torch_save(save, os.path.join(self.opt['path']['models'], name))
 
 
+@master_only
 def save_training_state(self: BaseModel, epoch: int, current_iter: int) -> None:
     """basicsr's ``training_states/<iter>.state`` (optimisers, schedulers) plus the RNG states (and an fp16 run's
     loss scale), written atomically after the networks of the same iteration (so a complete state always has its
-    networks)."""
+    networks), by rank 0 only."""
     if current_iter == -1:
         return
     state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],

@@ -1,9 +1,9 @@
 """The main job: does recompression-awareness pay? Real photos, real codecs, minutes on a CPU.
 
-1. stage 1: the rate-aware codec simulator (options/main_job/stage1_simulator.yml): rate model fitted on real
-   x264/x265 encodes, then the QP-conditioned distortion net; its fidelity checks on held-out photos;
-2. stage 2: recompression-aware restoration through it (vrpsr.yml) and the non-aware baseline (baseline.yml):
-   same net, data, MSE loss, steps and seed;
+1. stage 1: the rate-aware codec simulator (options/main_job/stage1_simulator.yml): rate model and transform-
+   quantisation proxy fitted on real x264/x265 encodes; its fidelity checks on held-out photos;
+2. stage 2: a restoration net pre-trained without the codec (pretrain.yml), then trained on through the simulator
+   (vrpsr.yml) or without it (baseline.yml, the non-aware baseline): same net, data, MSE loss, steps and seed;
 3. §3.4: the SR -> codec -> post-processing sandwich trained jointly (post_joint.yml) against its ablation with
    the SR net frozen (post_sr_then_post.yml), same post net and steps;
 4. the rate-matched comparison (``vrpsr eval``'s protocol, Eq. 1-2) on held-out photos with real x264 and x265 at
@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options' / 'main_job'
 SHARED_DATA = REPO.parent / 'shared' / 'data'
-ITERS = {'stage1_simulator': 1500, 'baseline': 800, 'vrpsr': 800, 'post_sr_then_post': 500, 'post_joint': 500}
+ITERS = {'stage1_simulator': 0, 'pretrain': 800, 'baseline': 400, 'vrpsr': 400, 'post_sr_then_post': 500,
+         'post_joint': 500}
 
 
 def default_out() -> Path:
@@ -43,9 +44,9 @@ def train(root: Path, option: str, iters: int, data: Dict[str, Path], log: List[
     if (models / 'net_g_latest.pth').is_file():
         print(f'[main job] {name}: reusing {models}', flush=True)
         return models
-    force = [f'train:total_iter={iters}', f'train:scheduler:total_steps={iters}',
+    force = [f'train:total_iter={iters}', f'train:scheduler:total_steps={max(1, iters)}',
              f'train:scheduler:warmup_steps={min(50, iters // 10)}',
-             f'logger:save_checkpoint_freq={iters}'] + [f'datasets:{k}:dataroot_gt={v}' for k, v in data.items()]
+             f'logger:save_checkpoint_freq={max(1, iters)}'] + [f'datasets:{k}:dataroot_gt={v}' for k, v in data.items()]
     env = {**os.environ, 'VRPSR_ROOT': str(root),
            'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
     print(f'[main job] training {name} ({iters} iterations)', flush=True)
@@ -142,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     start = time.time()
     data = prepare_data(root, args.train_data, args.test_data, args.num_test)
-    iters = {k: max(10, round(v * args.scale_iters)) for k, v in ITERS.items()}
+    iters = {k: max(10, round(v * args.scale_iters)) if v else 0 for k, v in ITERS.items()}
     log: List[str] = [f'training photos: {data["train"]}; held-out photos: {data["test"]}']
     train_set = {'train': data['train']}
     sim = train(root, 'stage1_simulator', iters['stage1_simulator'], {**train_set, 'val': data['test']}, log)
@@ -157,6 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fidelity_text = format_fidelity(fidelity_report)
     print(fidelity_text, flush=True)
 
+    train(root, 'pretrain', iters['pretrain'], train_set, log)
     nets = {name: train(root, name, iters[name], train_set, log) / 'net_g_latest.pth'
             for name in ('baseline', 'vrpsr')}
     posts = {name: train(root, name, iters[name], train_set, log) for name in ('post_sr_then_post', 'post_joint')}

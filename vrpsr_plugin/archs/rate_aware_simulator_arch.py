@@ -1,14 +1,18 @@
 """A codec simulator that charges for bits: rate model + QP solve + QP-conditioned distortion (beyond the paper).
 
     q*  = solve R(X', q) = bpp(c)      (Eq. 2 through the differentiable rate model, :mod:`.rate_model`)
-    X^' = D(X', codec, q*)             (a residual CNN conditioned on the codec and the QP)
+    X^' = D(X', codec, q*)             (``distortion: cnn``: a residual CNN conditioned on the codec and the QP;
+                                        ``distortion: dct``: the transform-quantisation proxy of
+                                        :mod:`.quantization_proxy`, which stage 2 cannot exploit)
 
 The paper's simulators (Eq. 4-5) take the bpp as a condition and must guess, from a patch, which QP the real codec
 will use for the whole picture; measured, such a simulator charged about half the real price for costly content
 (docs/simulators.md). Here the whole-picture rate decides the QP, and the gradient reaches X' through both
 paths: what D does at a QP, and how X' moves the QP (dq*/dX' from the rate model). Stage 1 fits R on real encodes
 (:mod:`vrpsr_plugin.models.rate_fit`) and trains D with the real QP of each sample
-(:class:`~vrpsr_plugin.models.codec_simulator_model.CodecSimulatorModel`, ``forward(x, cond, qp=...)``).
+(:class:`~vrpsr_plugin.models.codec_simulator_model.CodecSimulatorModel`, ``forward(x, cond, qp=...)``); the DCT
+proxy is fitted in closed form on the same encodes (:mod:`vrpsr_plugin.models.quantization_fit`) and has nothing
+left to train (stage 1 with ``train.total_iter: 0``).
 """
 import math
 import warnings
@@ -20,10 +24,12 @@ from torch import nn
 
 from vrpsr_plugin.archs.baseline_simulators_arch import CNNCodecSimulator
 from vrpsr_plugin.archs.condition_heads import check_condition
+from vrpsr_plugin.archs.quantization_proxy import DCTQuantizationProxy
 from vrpsr_plugin.archs.rate_model import DCTRateModel, solve_qp
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS
 
 QP_NORM = 64.0  # QPs enter D's condition as q / 64, in [0, 1] like the one-hot entries
+DISTORTIONS = ('cnn', 'dct')
 
 
 @ARCH_REGISTRY.register()
@@ -36,13 +42,18 @@ class RateAwareCodecSimulator(nn.Module):
     codec_aware = True
 
     def __init__(self, codecs: Sequence[str] = CONDITION_CODECS, num_feat: int = 32, num_block: int = 5,
-                 cond_hidden: int = 64, qp_range: Tuple[float, float] = (12.0, 51.0)) -> None:
+                 cond_hidden: int = 64, qp_range: Tuple[float, float] = (12.0, 51.0),
+                 distortion: str = 'cnn') -> None:
         super().__init__()
+        if distortion not in DISTORTIONS:
+            raise ValueError(f'distortion must be one of {DISTORTIONS}, got {distortion!r}')
         self.arch_options = {'codecs': list(codecs), 'num_feat': num_feat, 'num_block': num_block,
-                             'cond_hidden': cond_hidden, 'qp_range': [float(q) for q in qp_range]}
+                             'cond_hidden': cond_hidden, 'qp_range': [float(q) for q in qp_range],
+                             'distortion': distortion}
         self.codecs = tuple(codecs)
         self.rate_model = DCTRateModel(self.codecs, qp_range)
-        self.distortion = CNNCodecSimulator(self.codecs, num_feat, num_block, cond_hidden, grid_period=16)
+        self.distortion = (DCTQuantizationProxy(self.codecs) if distortion == 'dct' else
+                           CNNCodecSimulator(self.codecs, num_feat, num_block, cond_hidden, grid_period=16))
         self.register_buffer('bpp_range', torch.tensor([0.0, math.inf]))
 
     @property
@@ -58,10 +69,14 @@ class RateAwareCodecSimulator(nn.Module):
                            '(train stage 1 with options/train_rate_simulator.yml, which fits the rate model)')
         if not torch.isfinite(state_dict['bpp_range']).all():
             raise ValueError('the checkpoint\'s rate model was never fitted (bpp_range is unset)')
+        if isinstance(self.distortion, DCTQuantizationProxy) and not float(state_dict.get('distortion.fitted', 0)):
+            raise ValueError('the checkpoint\'s quantisation proxy was never fitted (distortion.fitted is unset)')
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def at_qp(self, x: torch.Tensor, onehot: torch.Tensor, qp: torch.Tensor) -> torch.Tensor:
         """D(X, codec, q): the decoded picture at a known (possibly fractional) QP."""
+        if isinstance(self.distortion, DCTQuantizationProxy):
+            return self.distortion(x, onehot, qp)
         return self.distortion(x, torch.cat([onehot, qp.to(onehot)[:, None] / QP_NORM], dim=1))
 
     def solve_qp(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

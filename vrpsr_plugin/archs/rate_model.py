@@ -19,10 +19,10 @@ from torch import nn
 
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS
 
-_BLOCK = 8
+BLOCK = 8
 
 
-def _dct_matrix(n: int = _BLOCK) -> torch.Tensor:
+def _dct_matrix(n: int = BLOCK) -> torch.Tensor:
     k = torch.arange(n, dtype=torch.float64)
     basis = torch.cos(torch.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * (2.0 / n) ** 0.5
     basis[0] /= 2 ** 0.5
@@ -40,22 +40,33 @@ def ycbcr420_levels(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return 16.0 + 219.0 * y, 224.0 * chroma
 
 
-def block_dct(plane: torch.Tensor) -> torch.Tensor:
-    """B x C x H x W -> B x C x 64 x (H/8 * W/8) orthonormal 8x8 DCT coefficients (edges replicated to 8)."""
-    pad_h, pad_w = -plane.shape[-2] % _BLOCK, -plane.shape[-1] % _BLOCK
+def block_dct(plane: torch.Tensor, predict_dc: bool = True) -> torch.Tensor:
+    """B x C x H x W -> B x C x 64 x (H/8 * W/8) orthonormal 8x8 DCT coefficients (edges replicated to 8). With
+    ``predict_dc`` the DC term is the residual of the mean of the left and top neighbours' DC (intra prediction)."""
+    pad_h, pad_w = -plane.shape[-2] % BLOCK, -plane.shape[-1] % BLOCK
     if pad_h or pad_w:
         plane = nn.functional.pad(plane, (0, pad_w, 0, pad_h), mode='replicate')
     b, c, h, w = plane.shape
-    blocks = plane.reshape(b, c, h // _BLOCK, _BLOCK, w // _BLOCK, _BLOCK).permute(0, 1, 2, 4, 3, 5)
+    blocks = plane.reshape(b, c, h // BLOCK, BLOCK, w // BLOCK, BLOCK).permute(0, 1, 2, 4, 3, 5)
     d = _dct_matrix().to(plane)
     coef = d @ blocks @ d.T  # B x C x nh x nw x 8 x 8
-    # DC: residual of the mean of the left and top neighbours' DC (intra prediction; edges replicated)
-    dc = coef[..., 0, 0]
-    padded = nn.functional.pad(dc, (1, 0, 1, 0), mode='replicate')
-    pred = (padded[..., 1:, :-1] + padded[..., :-1, 1:]) / 2
-    coef = coef.reshape(b, c, h // _BLOCK, w // _BLOCK, _BLOCK * _BLOCK)
-    coef = torch.cat([(dc - pred).unsqueeze(-1), coef[..., 1:]], dim=-1)
-    return coef.reshape(b, c, -1, _BLOCK * _BLOCK).transpose(-1, -2)
+    coef = coef.reshape(b, c, h // BLOCK, w // BLOCK, BLOCK * BLOCK)
+    if predict_dc:  # edges replicated
+        dc = coef[..., 0]
+        padded = nn.functional.pad(dc, (1, 0, 1, 0), mode='replicate')
+        pred = (padded[..., 1:, :-1] + padded[..., :-1, 1:]) / 2
+        coef = torch.cat([(dc - pred).unsqueeze(-1), coef[..., 1:]], dim=-1)
+    return coef.reshape(b, c, -1, BLOCK * BLOCK).transpose(-1, -2)
+
+
+def block_idct(coef: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`block_dct` with ``predict_dc=False``: B x C x 64 x N -> B x C x ``height`` x ``width``."""
+    nh, nw = -(-height // BLOCK), -(-width // BLOCK)
+    b, c = coef.shape[:2]
+    blocks = coef.transpose(-1, -2).reshape(b, c, nh, nw, BLOCK, BLOCK)
+    d = _dct_matrix().to(coef)
+    plane = (d.T @ blocks @ d).permute(0, 1, 2, 4, 3, 5).reshape(b, c, nh * BLOCK, nw * BLOCK)
+    return plane[..., :height, :width]
 
 
 def qstep(qp: torch.Tensor) -> torch.Tensor:
@@ -72,8 +83,8 @@ class DCTRateModel(nn.Module):
         self.codecs = tuple(codecs)
         n = len(self.codecs)
         self.register_buffer('qp_range', torch.tensor([float(qp_range[0]), float(qp_range[1])]))
-        self.log_weight = nn.Parameter(torch.zeros(n, 2, _BLOCK * _BLOCK))  # luma, chroma
-        self.log_scale = nn.Parameter(torch.zeros(n, 2, _BLOCK * _BLOCK))
+        self.log_weight = nn.Parameter(torch.zeros(n, 2, BLOCK * BLOCK))  # luma, chroma
+        self.log_scale = nn.Parameter(torch.zeros(n, 2, BLOCK * BLOCK))
         self.log_header_bits = nn.Parameter(torch.full((n,), 8.0))
         self.log_exponent = nn.Parameter(torch.zeros(n, 2))  # gamma per codec and plane
 

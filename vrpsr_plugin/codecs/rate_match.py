@@ -4,23 +4,26 @@ The rate falls monotonically with the QP (rises, for WebP's quality), and ln(bpp
 (H.26x: the rate halves every ~6 QP). The search therefore steps by the log-rate slope (a per-codec prior for
 the first step, the measured secant afterwards) until two adjacent QPs bracket the target, then interpolates
 inside the bracket (regula falsi on ln bpp). Every encode is cached and the closest one seen is returned; this
-takes ~3-4 encodes where bisection over the range needs ~6. The whole QP range is searched (the authors stop at
+takes ~3-4 encodes where bisection over the range needs ~6, fewer from a good first guess (``first_qp``: e.g. the
+source's QP when a restored picture is matched to the source's rate, or the rate model's q*). The whole QP range is searched (the authors stop at
 QP 25). A target the codec cannot reach gives the nearest end of the range, ``reachable=False`` and a warning.
 """
 import dataclasses
 import math
 import warnings
-from typing import Dict
+from typing import Dict, Optional
 
 from vrpsr_plugin.codecs.encode import CodecResult, encode
 from vrpsr_plugin.codecs.encoders import get_spec
 from vrpsr_plugin.codecs.inputs import ImageLike, to_rgb_uint8
 
 
-def find_qp(image: ImageLike, codec: str, target_bpp: float, **encode_kwargs) -> CodecResult:
+def find_qp(image: ImageLike, codec: str, target_bpp: float, first_qp: Optional[int] = None,
+            **encode_kwargs) -> CodecResult:
     """Encode ``image`` with ``codec`` at the integer QP whose bpp is closest to ``target_bpp`` (Eq. 2).
 
-    ``encode_kwargs`` go to :func:`encode` (route, ffmpeg, timeout, preset). The result's ``num_encodes``
+    ``first_qp`` is the first QP tried (default: the codec's usual start); the result does not depend on it, only
+    the number of encodes. ``encode_kwargs`` go to :func:`encode` (route, ffmpeg, timeout, preset). The result's ``num_encodes``
     counts the encodes used; ``reachable`` is False (with a warning) when the target lies outside the rates
     the codec's QP range reaches for this image. The caller's image is not modified.
     """
@@ -30,6 +33,9 @@ def find_qp(image: ImageLike, codec: str, target_bpp: float, **encode_kwargs) ->
         raise ValueError(f'target_bpp must be a finite number > 0, got {target_bpp!r}')
     if 'qp' in encode_kwargs or 'crf' in encode_kwargs:
         raise ValueError('find_qp chooses the QP itself; do not pass qp= or crf=')
+    if first_qp is not None and (isinstance(first_qp, bool) or not isinstance(first_qp, int)
+                                 or not min(spec.qp_range) <= first_qp <= max(spec.qp_range)):
+        raise ValueError(f'first_qp must be an integer QP in {codec}\'s range {spec.qp_range}, got {first_qp!r}')
     rgb = to_rgb_uint8(image)  # a private copy, converted once
     sign = 1 if spec.rate_decreases else -1  # search in u = sign * qp, where the rate falls as u grows
     u_lo, u_hi = sorted(sign * q for q in spec.qp_range)
@@ -43,7 +49,7 @@ def find_qp(image: ImageLike, codec: str, target_bpp: float, **encode_kwargs) ->
         return math.log(max(cache[u].bpp, 1e-12))
 
     above = below = None  # largest u with bpp >= target, smallest u with bpp <= target
-    u = min(max(sign * spec.qp_start, u_lo), u_hi)
+    u = min(max(sign * (spec.qp_start if first_qp is None else first_qp), u_lo), u_hi)
     while True:
         lr = log_rate(u)
         if lr >= log_t:

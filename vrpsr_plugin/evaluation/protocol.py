@@ -255,7 +255,7 @@ class Protocol:
         hr, src = self.hr(path), self.source(path, codec, point)
         target_bpp = 8.0 * src['num_bytes'] / (hr.shape[0] * hr.shape[1])
         restored = self.restored(name, path, codec, point, target_bpp)
-        result = codec_api.find_qp(restored, codec, target_bpp)
+        result = codec_api.find_qp(restored, codec, target_bpp, first_qp=src.get('qp'))  # X~'s QP: a close guess
         final = self.post_process(name, result.image, codec, target_bpp)
         row = {'image': path.stem, 'method': name, 'codec': codec, 'mode': point.mode, 'point': point.value,
                'source_bpp': src['bpp'], 'target_bpp': target_bpp, 'bpp': float(result.bpp),

@@ -21,6 +21,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
+from vrpsr_plugin.archs.quantization_proxy import DCTQuantizationProxy
 from vrpsr_plugin.losses.vrpsr_loss import VRPSRPerceptualLoss, build_lpips
 from vrpsr_plugin.models.schedule import AccumulationMixin, build_optimizer, build_scheduler
 
@@ -223,7 +224,8 @@ class CodecSimulatorModel(CodecLoopModel):
 
     def fit_rate_model(self) -> None:
         """Fit R on ``train.rate_fit`` = {num_images, sizes, qps, steps, seed} crops of the training images, half of
-        them passed through the data's ``input_variation`` (as D sees them)."""
+        them passed through the data's ``input_variation`` (as D sees them), and a ``distortion: dct`` proxy on
+        the same encodes' decodes."""
         from vrpsr_plugin.data.codec_simulator_dataset import decode_rgb, gt_keys
         from vrpsr_plugin.models.rate_fit import collect_rate_samples, fit_rate_model
         net, logger = self.get_bare_model(self.net_g), get_root_logger()
@@ -240,17 +242,23 @@ class CodecSimulatorModel(CodecLoopModel):
                 with open(keys[i], 'rb') as handle:
                     images.append(decode_rgb(handle.read(), keys[i]))
             lo, hi = (int(v) for v in net.rate_model.qp_range)
+            proxy = net.distortion if isinstance(net.distortion, DCTQuantizationProxy) else None
             samples = collect_rate_samples(images, list(data_opt.get('codecs') or ['libx264']),
                                            fit_opt.get('qps') or list(range(lo, hi + 1, 3)) + [hi],
                                            fit_opt.get('sizes') or [64, 128, 256],
                                            seed=int(fit_opt.get('seed', 0)), vary=self._input_variation(data_opt),
-                                           **data_opt.get('encode_kwargs', {}))
+                                           keep_decodes=proxy is not None, **data_opt.get('encode_kwargs', {}))
             errors = fit_rate_model(net.rate_model, samples, steps=int(fit_opt.get('steps', 400)))
             bpps = [b for s in samples for b in s.bpps]
             net.bpp_range.copy_(torch.tensor([min(bpps), max(bpps)]))
             logger.info(f'rate model fitted on {errors["count"]} real encodes of {len(samples)} crops: mean '
                         f'|R/real - 1| = {errors["mean_rel_error"]:.3f}, median {errors["median_rel_error"]:.3f}; '
                         f'bpp range {min(bpps):.4g}..{max(bpps):.4g}')
+            if proxy is not None:
+                from vrpsr_plugin.models.quantization_fit import fit_quantization_proxy
+                fit = fit_quantization_proxy(proxy, samples)
+                logger.info(f'quantisation proxy fitted on {fit["count"]} coefficients: mean dead zone '
+                            f'{fit["mean_threshold"]:.3f} Qstep, mean noise {fit["mean_noise_std"]:.3f} Qstep')
         net.rate_model.requires_grad_(False)
 
     @staticmethod
@@ -270,6 +278,16 @@ class CodecSimulatorModel(CodecLoopModel):
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return [p for p in self.net_g.parameters() if p.requires_grad]
+
+    def setup_optimizers(self) -> None:
+        """As the base class; a simulator with nothing left to train after its fits (``distortion: dct``) needs
+        ``train.total_iter: 0`` (fit, validate, save) and has no optimizer."""
+        if not self.trainable_parameters():
+            if self.opt['train'].get('total_iter', 0):
+                raise ValueError(f'{type(self.get_bare_model(self.net_g)).__name__} has nothing to train after its '
+                                 'fits (distortion: dct); set train.total_iter: 0')
+            return
+        super().setup_optimizers()
 
     def feed_data(self, data: Dict[str, torch.Tensor]) -> None:
         self.gt = data['gt'].to(self.device)

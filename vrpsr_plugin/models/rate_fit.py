@@ -17,20 +17,22 @@ from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 
 @dataclass
 class RateSample:
-    """One crop and the real bpp of each (codec, QP) it was coded at."""
+    """One crop and the real bpp (and, when kept, the decoded picture) of each (codec, QP) it was coded at."""
     image: np.ndarray
     codecs: List[str]
     qps: List[int]
     bpps: List[float]
+    decodes: Optional[List[np.ndarray]] = None
 
 
 def collect_rate_samples(images: Sequence[np.ndarray], codecs: Sequence[str], qps: Sequence[int],
                          sizes: Sequence[int], seed: int = 0,
                          vary: Optional[Callable[[np.ndarray, int], np.ndarray]] = None,
-                         **encode_kwargs) -> List[RateSample]:
+                         keep_decodes: bool = False, **encode_kwargs) -> List[RateSample]:
     """One random crop per image (side drawn from ``sizes``, 16-aligned, at most the image's short side), coded
     with every codec at every QP. ``vary(crop, i)`` (e.g. noise, blur, sharpening) replaces every second crop
-    first: the rate model must price the content stage 2's nets produce, not only clean photos."""
+    first: the rate model must price the content stage 2's nets produce, not only clean photos. ``keep_decodes``
+    keeps the decoded pictures (for :mod:`vrpsr_plugin.models.quantization_fit`)."""
     from vrpsr_plugin.codecs import encode
     rng = np.random.default_rng(seed)
     samples = []
@@ -44,8 +46,9 @@ def collect_rate_samples(images: Sequence[np.ndarray], codecs: Sequence[str], qp
         if vary is not None and len(samples) % 2:
             crop = vary(crop, len(samples))
         pairs = [(codec, int(qp)) for codec in codecs for qp in qps]
-        bpps = [float(encode(crop, codec, qp=qp, **encode_kwargs).bpp) for codec, qp in pairs]
-        samples.append(RateSample(crop, [c for c, _ in pairs], [q for _, q in pairs], bpps))
+        results = [encode(crop, codec, qp=qp, **encode_kwargs) for codec, qp in pairs]
+        samples.append(RateSample(crop, [c for c, _ in pairs], [q for _, q in pairs], [float(r.bpp) for r in results],
+                                  [r.image for r in results] if keep_decodes else None))
     return samples
 
 

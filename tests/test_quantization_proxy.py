@@ -1,0 +1,92 @@
+"""The transform-quantisation proxy D(X, codec, q) of the rate-aware simulator and its fit on real decodes."""
+import numpy as np
+import pytest
+import torch
+
+from vrpsr_plugin.archs.quantization_proxy import DCTQuantizationProxy
+from vrpsr_plugin.archs.rate_aware_simulator_arch import RateAwareCodecSimulator
+from vrpsr_plugin.archs.rate_model import block_dct, block_idct
+from vrpsr_plugin.codecs import CodecCondition, encode
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor
+from vrpsr_plugin.models.quantization_fit import fit_quantization_proxy
+from vrpsr_plugin.models.rate_fit import collect_rate_samples, fit_rate_model
+
+X264 = torch.tensor([[1.0, 0.0, 0.0]])
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).square().mean())
+
+
+@pytest.fixture(scope='module')
+def fitted_proxy(photos):
+    """A proxy fitted on real x264 decodes of crops of two photos (the third is held out)."""
+    proxy = DCTQuantizationProxy()  # x264, x265, vvenc
+    samples = collect_rate_samples(photos[:2] * 2, ['libx264'], [22, 32, 42], [64, 96], seed=0, keep_decodes=True)
+    return proxy, fit_quantization_proxy(proxy, samples), samples
+
+
+def test_block_idct_inverts_the_transform_at_any_size():
+    x = torch.rand(2, 3, 37, 45)
+    assert torch.allclose(block_idct(block_dct(x, predict_dc=False), 37, 45), x, atol=1e-5)
+
+
+def test_fit_sets_only_the_codecs_it_saw_and_predicts_real_decodes(fitted_proxy, photos):
+    proxy, fit, _ = fitted_proxy
+    assert fit['count'] > 0 and float(proxy.fitted) == 1.0
+    assert 0.0 < fit['mean_threshold'] < 2.0 and 0.05 < fit['mean_noise_std'] < 1.0
+    assert torch.equal(proxy.threshold[1], torch.full_like(proxy.threshold[1], 0.5))  # x265 not in the samples
+    x = rgb_to_tensor(photos[2])[None]  # held out
+    for qp in (32, 42):
+        real = rgb_to_tensor(encode(photos[2], 'libx264', qp=qp).image)[None]
+        with torch.no_grad():
+            simulated = proxy(x, X264, torch.tensor([float(qp)]))
+        assert mse(simulated, x) == pytest.approx(mse(real, x), rel=0.35), qp  # the real codec's error energy
+
+
+def test_distortion_grows_with_qp_and_noise_is_drawn_only_when_training_through_it(fitted_proxy, photo):
+    proxy, _, _ = fitted_proxy
+    x = rgb_to_tensor(photo)[None]
+    with torch.no_grad():
+        errors = [mse(proxy(x, X264, torch.tensor([q])), x) for q in (12.0, 27.0, 37.0, 47.0)]
+        again = proxy(x, X264, torch.tensor([37.0]))
+        assert torch.equal(again, proxy(x, X264, torch.tensor([37.0])))  # no gradient: one fixed draw
+    assert errors == sorted(errors) and errors[0] < 0.05 * errors[-1]
+    trained = x.clone().requires_grad_(True)
+    draws = [proxy(trained, X264, torch.tensor([37.0])).detach() for _ in range(2)]
+    assert not torch.equal(draws[0], draws[1])  # fresh draws when training through it, of the same error energy
+    assert mse(draws[0], x) == pytest.approx(mse(again, x), rel=0.05)
+
+
+def test_simulator_with_the_proxy_charges_bits_and_refuses_an_unfitted_proxy(fitted_proxy, photo):
+    proxy, _, samples = fitted_proxy
+    sim = RateAwareCodecSimulator(qp_range=(17, 51), distortion='dct')
+    fit_rate_model(sim.rate_model, collect_rate_samples([s.image for s in samples], ['libx264'], [17, 27, 37, 47],
+                                                        [64], seed=0), steps=100)
+    sim.bpp_range.copy_(torch.tensor([0.05, 5.0]))
+    with pytest.raises(ValueError, match='quantisation proxy was never fitted'):
+        sim.load_state_dict(sim.state_dict())
+    sim.distortion.load_state_dict(proxy.state_dict())
+    sim.load_state_dict(sim.state_dict())
+    x = rgb_to_tensor(photo[:64, :64])[None]
+    cond = CodecCondition('libx264', encode(photo[:64, :64], 'libx264', qp=32).bpp).vector()[None]
+    noisy = (x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    with torch.no_grad():
+        # the same budget for busier content: a coarser QP, so more of X is lost (the coupling of Eq. 2)
+        assert float(sim.solve_qp(noisy, cond)) > float(sim.solve_qp(x, cond)) + 1
+        at_own_qp = sim.at_qp(noisy, cond[:, :-1], sim.solve_qp(x, cond))
+        assert mse(sim(noisy, cond), x) > 1.02 * mse(at_own_qp, x)
+    x.requires_grad_(True)
+    sim(x, cond).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='distortion must be one of'):
+        RateAwareCodecSimulator(distortion='jpeg')
+
+
+def test_proxy_is_numerically_stable_in_bf16(fitted_proxy, photo):
+    proxy, _, _ = fitted_proxy
+    x = rgb_to_tensor(photo)[None]
+    with torch.no_grad():
+        full = proxy(x, X264, torch.tensor([37.0]))
+        half = proxy(x.bfloat16(), X264, torch.tensor([37.0]))
+    assert half.dtype == torch.bfloat16 and np.isclose(mse(half.float(), full), 0.0, atol=1e-4)
