@@ -200,6 +200,13 @@ def test_post_processing_modes_and_joint_simulator(workdir, monkeypatch):
         else:
             changed = any(not torch.equal(a, b) for a, b in zip(sr0, model.net_sr.parameters()))
             assert changed == (mode == 'joint'), mode
+    opt = load_opt('vrpsr_post_joint.yml', mode='joint', sr_lr=1e-5, scheduler={'type': 'constant', 'total_steps': 4})
+    opt['path'].update(pretrain_network_sim=sim, pretrain_network_sr='sr.pth')
+    model = build_model(opt)  # the pre-trained g gets its own learning rate, h keeps optim_g's
+    groups = model.optimizer_g.param_groups
+    assert [g['lr'] for g in groups] == [opt['train']['optim_g']['lr'], 1e-5]
+    assert {id(p) for p in groups[1]['params']} == {id(p) for p in model.net_sr.parameters()}
+    assert not {id(p) for p in groups[0]['params']} & {id(p) for p in groups[1]['params']}
     opt = load_opt('vrpsr_post_joint.yml', mode='sr_then_post')
     opt['path'].update(pretrain_network_sim=sim)
     with pytest.raises(ValueError, match='pretrain_network_sr'):

@@ -29,15 +29,21 @@ def _dct_matrix(n: int = BLOCK) -> torch.Tensor:
     return basis.float()
 
 
-def ycbcr420_levels(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """B x 3 x H x W RGB in [0, 1] -> (Y: B x 1 x H x W, CbCr: B x 2 x H/2 x W/2) in 8-bit limited-range code values
-    (BT.601, the matrix and range of :mod:`vrpsr_plugin.codecs.yuv`)."""
+def ycbcr_levels(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B x 3 x H x W RGB in [0, 1] -> (Y: B x 1 x H x W, CbCr: B x 2 x H x W) in 8-bit limited-range code values
+    (BT.601, the matrix and range of :mod:`vrpsr_plugin.codecs.yuv`), chroma at full resolution."""
     from vrpsr_plugin.codecs.yuv import KB, KG, KR
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     y = KR * r + KG * g + KB * b
     chroma = torch.cat([(b - y) / (2 * (1 - KB)), (r - y) / (2 * (1 - KR))], dim=1)
-    chroma = nn.functional.avg_pool2d(chroma, 2, ceil_mode=True)
     return 16.0 + 219.0 * y, 224.0 * chroma
+
+
+def ycbcr420_levels(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ycbcr_levels` with the chroma averaged over 2x2 (4:2:0, as :mod:`vrpsr_plugin.codecs.yuv` does):
+    (Y: B x 1 x H x W, CbCr: B x 2 x H/2 x W/2)."""
+    luma, chroma = ycbcr_levels(x)
+    return luma, nn.functional.avg_pool2d(chroma, 2, ceil_mode=True)
 
 
 def block_dct(plane: torch.Tensor, predict_dc: bool = True) -> torch.Tensor:

@@ -257,8 +257,9 @@ class CodecSimulatorModel(CodecLoopModel):
             if proxy is not None:
                 from vrpsr_plugin.models.quantization_fit import fit_quantization_proxy
                 fit = fit_quantization_proxy(proxy, samples)
-                logger.info(f'quantisation proxy fitted on {fit["count"]} coefficients: mean dead zone '
-                            f'{fit["mean_threshold"]:.3f} Qstep, mean noise {fit["mean_noise_std"]:.3f} Qstep')
+                logger.info(f'quantisation proxy fitted on {fit["count"]} coefficients: mean shrinkage '
+                            f'{fit["mean_shrink_below_1"]:.3f} below one Qstep, {fit["mean_shrink_above_1"]:.3f} above; '
+                            f'mean noise {fit["mean_noise_std"]:.3f} Qstep')
         net.rate_model.requires_grad_(False)
 
     @staticmethod

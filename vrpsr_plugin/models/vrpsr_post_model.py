@@ -7,7 +7,8 @@ In BasicSR terms ``network_g`` is h (trained in every mode, with EMA) and ``netw
 when given), ``sr_then_post`` (Table 2 d/e: g loaded from a trained SR checkpoint and frozen, h trained),
 ``post_only`` (Table 2 c: no SR, X' = X~ resized to the output size; ``network_sr`` not used). The simulator is
 frozen (``network_sim`` + ``path.pretrain_network_sim``) and the target defaults to the clean image
-(``supervision: clean``); all VRPSRModel options (``ste``, ``supervision``, ...) apply. Validation: real codec at
+(``supervision: clean``); all VRPSRModel options (``ste``, ``supervision``, ...) apply; ``train.sr_lr`` sets g's
+learning rate in ``joint`` mode (default: optim_g's). Validation: real codec at
 the source's rate (Eq. 2), then h, scored against X.
 """
 from typing import Dict, Iterable, Optional, Tuple
@@ -57,6 +58,18 @@ class VRPSRPostModel(VRPSRModel):
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         params = list(super().trainable_parameters())
         return params + list(self.net_sr.parameters()) if self.mode == 'joint' else params
+
+    def setup_optimizers(self) -> None:
+        """``optim_g`` for h (and g); in ``joint`` mode ``train.sr_lr`` gives the pre-trained g its own learning rate
+        (a parameter group of the same optimiser, so the schedule scales both)."""
+        sr_lr = self.opt['train'].get('sr_lr')
+        super().setup_optimizers()
+        if self.mode == 'joint' and sr_lr is not None:
+            sr_params = {id(p) for p in self.net_sr.parameters()}
+            group = self.optimizer_g.param_groups[0]
+            group['params'] = [p for p in group['params'] if id(p) not in sr_params]
+            self.optimizer_g.add_param_group({'params': [p for p in self.net_sr.parameters() if p.requires_grad],
+                                              'lr': float(sr_lr)})
 
     def extra_networks(self) -> Dict[str, nn.Module]:
         nets = super().extra_networks()
