@@ -17,6 +17,8 @@ The loop is basicsr 1.4.2's ``train_pipeline`` made exact and tidy:
   ``experiments/<name>`` or ``tb_logger/<name>``; user errors print one ``error:`` line (status 2; ``--debug``
   shows the traceback) and SIGTERM unwinds, DataLoader workers included (:mod:`vrpsr_plugin.commands`).
 - The last iteration is validated once (basicsr validates again after saving ``net_g_latest``).
+- Under DDP the ranks wait for each other at the end (rank 0 alone writes the checkpoints) and close the process
+  group, so no rank exits while another still works.
 """
 import functools
 import itertools
@@ -199,6 +201,10 @@ def _train(opt: Dict[str, Any], args: Any, logger: logging.Logger, buffer: Memor
         validate()
     if tb_logger:
         tb_logger.close()
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():  # ranks leave together: only rank 0 writes checkpoints
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main() -> int:
