@@ -96,6 +96,11 @@ def test_simulator_with_the_proxy_charges_bits_and_refuses_an_unfitted_proxy(fit
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     with pytest.raises(ValueError, match='distortion must be one of'):
         RateAwareCodecSimulator(distortion='jpeg')
+    cnn = RateAwareCodecSimulator(qp_range=(17, 51))
+    cnn.rate_model.load_state_dict(sim.rate_model.state_dict())
+    cnn.bpp_range.copy_(sim.bpp_range)
+    with pytest.raises(KeyError, match='made with distortion: cnn'):
+        sim.load_state_dict(cnn.state_dict())
 
 
 def test_proxy_is_numerically_stable_in_bf16(fitted_proxy, photo):

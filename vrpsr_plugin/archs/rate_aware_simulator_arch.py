@@ -69,8 +69,12 @@ class RateAwareCodecSimulator(nn.Module):
                            '(train stage 1 with options/train_rate_simulator.yml, which fits the rate model)')
         if not torch.isfinite(state_dict['bpp_range']).all():
             raise ValueError('the checkpoint\'s rate model was never fitted (bpp_range is unset)')
-        if isinstance(self.distortion, DCTQuantizationProxy) and not float(state_dict.get('distortion.fitted', 0)):
-            raise ValueError('the checkpoint\'s quantisation proxy was never fitted (distortion.fitted is unset)')
+        if isinstance(self.distortion, DCTQuantizationProxy):
+            if 'distortion.fitted' not in state_dict:
+                raise KeyError('the checkpoint has no quantisation proxy: it was made with distortion: cnn, and this '
+                               'simulator has distortion: dct')
+            if not float(state_dict['distortion.fitted']):
+                raise ValueError('the checkpoint\'s quantisation proxy was never fitted (distortion.fitted is unset)')
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def at_qp(self, x: torch.Tensor, onehot: torch.Tensor, qp: torch.Tensor) -> torch.Tensor:
