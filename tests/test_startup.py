@@ -63,6 +63,16 @@ def test_torchvision_imported_after_the_plugin_goes_through_compat():
                'import torchvision.transforms.functional_tensor')
 
 
+def test_probing_for_torchvision_does_not_use_up_the_hook():
+    """diffusers/transformers probe with importlib.util.find_spec('torchvision') before importing it; the hook
+    that makes torchvision importable must still run at the real import (it used to be spent on the probe)."""
+    run_python('import vrpsr_plugin, importlib.util\n'
+               'assert importlib.util.find_spec("torchvision") is not None\n'
+               'import diffusers, torchvision, basicsr\n'
+               'from basicsr.utils.registry import ARCH_REGISTRY\n'
+               'assert "RateAwareCodecSimulator" in ARCH_REGISTRY')
+
+
 def test_a_plugin_module_imported_first_does_not_import_itself_half_done():
     """``from vrpsr_plugin.data.codec_simulator_dataset import ...`` before anything else pulls basicsr in from
     inside that module; registration then waits for the first registry lookup instead of re-importing it."""

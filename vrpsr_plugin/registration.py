@@ -77,27 +77,32 @@ def _load_basicsr() -> None:
 class _Hooked(importlib.abc.Loader):
     """Loads a top-level module by running ``load`` (which imports the real module) in its place."""
 
-    def __init__(self, load: Callable[[], None]) -> None:
-        self._load = load
+    def __init__(self, load: Callable[[], None], consume: Callable[[], None]) -> None:
+        self._load, self._consume = load, consume
 
     def exec_module(self, module) -> None:
-        del sys.modules[module.__name__]  # the placeholder; ``load`` imports the real module, which replaces it
+        self._consume()  # from now on the name imports normally (``load`` imports the real module)
+        del sys.modules[module.__name__]  # the placeholder; the real module replaces it
         self._load()
 
 
 class _ImportHooks(importlib.abc.MetaPathFinder):
-    """Meta-path finder that routes the first import of each hooked name through its hook, once."""
+    """Meta-path finder that routes the first import of each hooked name through its hook, once. A mere
+    ``importlib.util.find_spec`` (diffusers and transformers probe for torchvision so) does not use the hook up."""
 
     def __init__(self, hooks: Dict[str, Callable[[], None]]) -> None:
         self._hooks = dict(hooks)
 
+    def _consume(self, fullname: str) -> None:
+        self._hooks.pop(fullname, None)
+        if not self._hooks and self in sys.meta_path:
+            sys.meta_path.remove(self)
+
     def find_spec(self, fullname: str, path=None, target=None) -> Optional[importlib.machinery.ModuleSpec]:
-        load = self._hooks.pop(fullname, None)
+        load = self._hooks.get(fullname)
         if load is None:
             return None
-        if not self._hooks:
-            sys.meta_path.remove(self)
-        return importlib.machinery.ModuleSpec(fullname, _Hooked(load))
+        return importlib.machinery.ModuleSpec(fullname, _Hooked(load, lambda: self._consume(fullname)))
 
 
 def register_when_basicsr_loads() -> None:
