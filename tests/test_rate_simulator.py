@@ -153,3 +153,16 @@ def test_stage1_with_the_dct_proxy_fits_saves_and_has_nothing_to_train(tmp_path)
     assert float(sim.distortion.fitted) == 1.0 and sim.arch_spec['distortion'] == 'dct'
     proc = run(3)
     assert proc.returncode != 0 and 'set train.total_iter: 0' in proc.stdout + proc.stderr
+
+
+def test_fidelity_of_an_identity_simulator_is_the_identity_row(photo):
+    """The fidelity checks on the untrained CNN simulator (the identity): PSNR(simulator, real) equals the identity
+    row at every QP, the bpp sweep loses nothing (infinite PSNR), and noise costs it something."""
+    from vrpsr_plugin.archs.baseline_simulators_arch import CNNCodecSimulator
+    from vrpsr_plugin.evaluation.simulator_fidelity import fidelity, format_fidelity
+    report = fidelity(CNNCodecSimulator(num_feat=8, num_block=1), [photo[:64, :64]], codecs=['libx264'],
+                      qps=[27, 37], noise_sigma=6.0, noise_qps=[37])
+    row = report['libx264']
+    assert all(v['sim_vs_real'] == pytest.approx(v['identity_vs_real']) for v in row['psnr'].values())
+    assert row['rate'] is None and all(v == float('inf') for v in row['sweep']['psnr_vs_x'])
+    assert row['noise'][37]['sim_db'] > 0 and 'noise (sigma 6) at the bpp of QP 37' in format_fidelity(report)

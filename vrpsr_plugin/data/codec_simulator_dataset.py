@@ -21,9 +21,9 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
-from vrpsr_plugin.codecs.inputs import rgb_to_tensor, to_rgb_uint8
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor
 from vrpsr_plugin.data.codec_bank import CodecBank
-from vrpsr_plugin.data.degradation import MildDegradation, seeded
+from vrpsr_plugin.data.degradation import MildDegradation, vary_uint8
 from vrpsr_plugin.data.fresh_draws import FreshDrawMixin
 
 _IMG_SUFFIX = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
@@ -174,9 +174,7 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
             gt = np.ascontiguousarray(gt[top:top + h, left:left + w])
             gt = augment_pair([gt], rng, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))[0]
             if self.input_variation is not None and rng.random() < self.opt.get('input_variation_prob', 0.5):
-                with seeded([*self.draw_seed(index), 1]):
-                    varied = self.input_variation(rgb_to_tensor(gt)[None])[0]
-                gt = to_rgb_uint8(varied)
+                gt = vary_uint8(self.input_variation, gt, [*self.draw_seed(index), 1])
             result = encode(gt, codec, qp=qp, **self.opt.get('encode_kwargs', {}))
             decoded, bpp, gt_path = result.image, float(result.bpp), key
         if self.bank:

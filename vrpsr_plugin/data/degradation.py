@@ -70,16 +70,23 @@ def _blur_kernel(opt: Dict[str, Any], suffix: str) -> np.ndarray:
     return np.pad(kernel, ((pad, pad), (pad, pad)))
 
 
+def checked_options(opt: Dict[str, Any], defaults: Dict[str, Any], scale: int, what: str) -> Dict[str, Any]:
+    """``defaults`` overridden by ``opt``, after refusing an unsupported SR ``scale`` or an option ``defaults``
+    does not know (``what`` names the degradation in the error)."""
+    if scale not in (1, 2, 4):
+        raise ValueError(f'scale must be 1, 2 or 4, got {scale}')
+    unknown = set(opt) - set(defaults)
+    if unknown:
+        raise ValueError(f'unknown {what} options {sorted(unknown)}; known: {sorted(defaults)}')
+    return {**defaults, **opt}
+
+
 class HighOrderDegradation:
     """X -> X~ with Real-ESRGAN's second-order model at SR scale ``scale`` (1: same-size restoration)."""
 
     def __init__(self, opt: Dict[str, Any], scale: int = 1, device: torch.device = torch.device('cpu')) -> None:
-        if scale not in (1, 2, 4):
-            raise ValueError(f'scale must be 1, 2 or 4, got {scale}')
-        unknown = set(opt) - set(REALESRGAN_DEFAULTS)
-        if unknown:
-            raise ValueError(f'unknown degradation options {sorted(unknown)}; known: {sorted(REALESRGAN_DEFAULTS)}')
-        self.opt = {**REALESRGAN_DEFAULTS, **opt, 'scale': scale, 'high_order_degradation': True}
+        self.opt = {**checked_options(opt, REALESRGAN_DEFAULTS, scale, 'degradation'), 'scale': scale,
+                    'high_order_degradation': True}
         self.device = torch.device(device)
         self.jpeger = DiffJPEG(differentiable=False).to(self.device)
         self.usm_sharpener = USMSharp().to(self.device)
@@ -139,12 +146,7 @@ class MildDegradation:
     rounded to 8-bit levels. Any size; randomness from the global generators (:func:`seeded`)."""
 
     def __init__(self, opt: Dict[str, Any], scale: int = 1, device: torch.device = torch.device('cpu')) -> None:
-        if scale not in (1, 2, 4):
-            raise ValueError(f'scale must be 1, 2 or 4, got {scale}')
-        unknown = set(opt) - set(MILD_DEFAULTS)
-        if unknown:
-            raise ValueError(f'unknown mild degradation options {sorted(unknown)}; known: {sorted(MILD_DEFAULTS)}')
-        self.opt = {**MILD_DEFAULTS, **opt}
+        self.opt = checked_options(opt, MILD_DEFAULTS, scale, 'mild degradation')
         self.scale = scale
         self.jpeger = DiffJPEG(differentiable=False).to(device)
 
@@ -170,6 +172,14 @@ class MildDegradation:
                 x = (x + np.random.uniform(*self.opt['sharpen_range']) * (x - blurred)).clamp(0, 1)
             out.append(x)
         return (torch.cat(out) * 255.0).round() / 255.0
+
+
+def vary_uint8(variation: MildDegradation, image: np.ndarray, seed_words: Sequence[int]) -> np.ndarray:
+    """``variation`` applied to one HxWx3 uint8 picture with randomness seeded by ``seed_words``: the picture
+    before the codec that a simulator's training data and its rate fit see (``input_variation``)."""
+    from vrpsr_plugin.codecs.inputs import rgb_to_tensor, to_rgb_uint8
+    with seeded(seed_words):
+        return to_rgb_uint8(variation(rgb_to_tensor(image)[None])[0])
 
 
 DEGRADATIONS = {'realesrgan': HighOrderDegradation, 'mild': MildDegradation}

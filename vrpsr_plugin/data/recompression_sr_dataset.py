@@ -21,7 +21,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
-from vrpsr_plugin.codecs.inputs import rgb_to_tensor
+from vrpsr_plugin.codecs.inputs import rgb_to_tensor, to_rgb_uint8
 from vrpsr_plugin.data.codec_simulator_dataset import (augment_pair, decode_rgb, gt_keys, random_crop_box,
                                                         sample_qps)
 from vrpsr_plugin.data.degradation import build_degradation, seeded
@@ -91,7 +91,7 @@ class RecompressionSRDataset(FreshDrawMixin, data.Dataset):
         gt_t = rgb_to_tensor(gt)
         with seeded([*self.draw_seed(index), 1]):
             lq_t = self.degradation(gt_t[None])[0]
-        lq = (lq_t.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        lq = to_rgb_uint8(lq_t)
         kwargs = self.opt.get('encode_kwargs', {})
         source = encode(lq, codec, qp=qp, **kwargs)  # Eq. 1: X_bar, R_bar
         cond = CodecCondition(codec, float(source.bpp) / self.scale ** 2, qp).vector(self.condition_codecs)

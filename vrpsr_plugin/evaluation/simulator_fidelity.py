@@ -54,10 +54,11 @@ def fidelity(simulator: torch.nn.Module, images: Sequence[np.ndarray], codecs: S
         rows: Dict[int, List[tuple]] = {q: [] for q in qps}
         rate_errors, sweeps, noise = [], [], {q: [] for q in noise_qps}
         for image, noisy_image in zip(images, noisy):
+            coded = {qp: encode(image, codec, qp=qp) for qp in sorted({*qps, *noise_qps})}  # each QP coded once
+            simulated = {qp: _simulate(simulator, image, codec, real.bpp) for qp, real in coded.items()}
             for qp in qps:
-                real = encode(image, codec, qp=qp)
-                simulated = _simulate(simulator, image, codec, real.bpp)
-                rows[qp].append((_psnr(simulated, real.image), _psnr(image, real.image)))
+                real = coded[qp]
+                rows[qp].append((_psnr(simulated[qp], real.image), _psnr(image, real.image)))
                 if rate_model is not None:
                     onehot = torch.tensor([[1.0 if c == codec else 0.0 for c in rate_model.codecs]])
                     with torch.no_grad():
@@ -67,11 +68,11 @@ def fidelity(simulator: torch.nn.Module, images: Sequence[np.ndarray], codecs: S
                 warnings.simplefilter('ignore', RuntimeWarning)  # sweep ends may lie outside the fitted range
                 sweeps.append([_psnr(image, _simulate(simulator, image, codec, b)) for b in SWEEP_BPPS])
             for qp in noise_qps:
-                budget = encode(image, codec, qp=qp)
+                budget = coded[qp]
                 real_noisy = find_qp(noisy_image, codec, budget.bpp)
                 real_loss = _psnr(image, budget.image) - _psnr(image, real_noisy.image)
-                sim_loss = _psnr(image, _simulate(simulator, image, codec, budget.bpp)) - \
-                    _psnr(image, _simulate(simulator, noisy_image, codec, budget.bpp))
+                sim_loss = _psnr(image, simulated[qp]) - _psnr(image, _simulate(simulator, noisy_image, codec,
+                                                                                budget.bpp))
                 noise[qp].append((real_loss, sim_loss))
         sweep = np.mean(sweeps, axis=0)
         losses = {q: np.mean(v, axis=0) for q, v in noise.items()}
@@ -81,8 +82,8 @@ def fidelity(simulator: torch.nn.Module, images: Sequence[np.ndarray], codecs: S
             'rate': float(np.mean(rate_errors)) if rate_errors else None,
             'sweep': {'bpp': list(SWEEP_BPPS), 'psnr_vs_x': [float(v) for v in sweep],
                       'monotone': bool(np.all(np.diff(sweep) < 0.05))},
-            'noise': {q: {'real_db': float(r), 'sim_db': float(f), 'ratio': float(f / r) if r > 0 else None}
-                      for q, (r, f) in losses.items()},
+            'noise': {q: {'sigma': noise_sigma, 'real_db': float(r), 'sim_db': float(f),
+                          'ratio': float(f / r) if r > 0 else None} for q, (r, f) in losses.items()},
         }
     return out
 
@@ -100,8 +101,8 @@ def format_fidelity(report: Dict[str, dict]) -> str:
         lines.append(f'{codec}: PSNR(X, simulator) by condition bpp: {sweep} (monotone: {r["sweep"]["monotone"]})')
         for qp, n in r['noise'].items():
             ratio = 'n/a' if n['ratio'] is None else f'{n["ratio"]:.2f}'
-            lines.append(f'{codec}: noise (sigma 8) at the bpp of QP {qp} costs the real codec {n["real_db"]:.2f} dB, '
-                         f'the simulator {n["sim_db"]:.2f} dB (ratio {ratio})')
+            lines.append(f'{codec}: noise (sigma {n["sigma"]:g}) at the bpp of QP {qp} costs the real codec '
+                         f'{n["real_db"]:.2f} dB, the simulator {n["sim_db"]:.2f} dB (ratio {ratio})')
     return '\n'.join(lines)
 
 

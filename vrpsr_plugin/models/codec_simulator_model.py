@@ -267,15 +267,9 @@ class CodecSimulatorModel(CodecLoopModel):
         """The training data's ``input_variation`` as ``vary(crop, i)`` for the rate fit (seeded by i), or None."""
         if data_opt.get('input_variation') is None:
             return None
-        from vrpsr_plugin.codecs.inputs import rgb_to_tensor, to_rgb_uint8
-        from vrpsr_plugin.data.degradation import MildDegradation, seeded
+        from vrpsr_plugin.data.degradation import MildDegradation, vary_uint8
         variation = MildDegradation(dict(data_opt['input_variation']))
-
-        def vary(crop: np.ndarray, i: int) -> np.ndarray:
-            with seeded([int(data_opt.get('seed', 0)), i, 2]):
-                out = variation(rgb_to_tensor(crop)[None])[0]
-            return to_rgb_uint8(out)
-        return vary
+        return lambda crop, i: vary_uint8(variation, crop, [int(data_opt.get('seed', 0)), i, 2])
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return [p for p in self.net_g.parameters() if p.requires_grad]
