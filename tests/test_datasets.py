@@ -11,9 +11,9 @@ from vrpsr_plugin import cli
 from vrpsr_plugin.codecs import encode
 from vrpsr_plugin.data.codec_bank import CodecBank, prepare_bank
 from vrpsr_plugin.data.codec_simulator_dataset import CodecSimulatorDataset
-from vrpsr_plugin.data.degradation import HighOrderDegradation
+from vrpsr_plugin.data.degradation import HighOrderDegradation, SeparableUSMSharp
 from vrpsr_plugin.data.demo_images import write_demo_images
-from vrpsr_plugin.data.recompression_sr_dataset import RecompressionSRDataset
+from vrpsr_plugin.data.recompression_sr_dataset import DegradeAndEncode, RecompressionSRDataset, batch_seed_words
 
 SMALL_RESIZE = {'resize_range': [0.5, 1.5], 'resize_range2': [0.5, 1.2]}
 
@@ -116,6 +116,40 @@ def test_recompression_dataset_conditions(demo, scale):
     again = ds[0]
     assert torch.equal(s['lq'], again['lq']) and torch.equal(s['cond'], again['cond'])
     assert not torch.equal(ds[1]['lq'][:, :8, :8], s['lq'][:, :8, :8])
+
+
+def test_separable_usm_equals_basicsr_usm():
+    from basicsr.utils import USMSharp
+    x = torch.rand(2, 3, 120, 136, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(SeparableUSMSharp()(x), USMSharp()(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('kind', ['realesrgan', 'mild'])
+def test_degrade_on_model_completes_batches_like_the_dataset(demo, kind):
+    opt = {'dataroot_gt': str(demo), 'io_backend': {'type': 'disk'}, 'codecs': ['libx264', 'libx265'],
+           'qp_range': [30, 40], 'gt_size': 64, 'seed': 3, 'degradation_type': kind,
+           'degradation': SMALL_RESIZE if kind == 'realesrgan' else {}, 'phase': 'train'}
+    whole, deferred = RecompressionSRDataset(opt), RecompressionSRDataset({**opt, 'degrade_on': 'model'})
+    complete = DegradeAndEncode(opt)
+    for index in (0, 1):
+        a, b = whole[index], deferred[index]
+        assert not {'lq', 'cond', 'lq_codec', 'lq_bpp'} & set(b) and b['draw_seed'].tolist() == [3, 0, index]
+        assert torch.equal(a['gt'], b['gt']) and torch.equal(a['gt_codec'], b['gt_codec'])
+        done = complete(b['gt'][None], [b['codec']], [b['qp']], batch_seed_words(b['draw_seed'][None]))
+        for key in ('lq', 'cond', 'lq_codec', 'lq_bpp'):  # a batch of one is the dataset's own sample
+            assert torch.equal(done[key][0], a[key]), key
+    batch = [deferred[i] for i in (0, 1)]
+    gt, seeds = torch.stack([s['gt'] for s in batch]), torch.stack([s['draw_seed'] for s in batch])
+    codecs, qps = [s['codec'] for s in batch], [s['qp'] for s in batch]
+    one, two = complete(gt, codecs, qps, batch_seed_words(seeds)), complete(gt, codecs, qps, batch_seed_words(seeds))
+    assert one['lq'].shape == (2, 3, 64, 64) and all(torch.equal(one[k], two[k]) for k in one)
+    for i in (0, 1):  # the condition is the real codec's rate on this X~
+        coded = encode(_uint8(one['lq'][i]), codecs[i], qp=qps[i])
+        assert float(one['cond'][i, -1]) == pytest.approx(coded.bpp)
+    with pytest.raises(ValueError, match='degrade_on must be one of'):
+        RecompressionSRDataset({**opt, 'degrade_on': 'gpu'})
+    with pytest.raises(ValueError, match='training sets only'):
+        RecompressionSRDataset({**opt, 'degrade_on': 'model', 'phase': 'val'})
 
 
 def test_degradation_checks():

@@ -99,6 +99,11 @@ def test_stage2_frozen_simulator_and_identical_resume(workdir):
     assert start.keys() == sim.keys() and all(torch.equal(start[k], sim[k]) for k in start)
     g0 = a['params']['body.0.weight']
     assert not torch.equal(g0, torch.load(workdir / 'experiments/vrpsr_a/models/net_g_2.pth')['params']['body.0.weight'])
+    # degrade_on: model (the batch degraded and encoded by the model) trains the same net at batch 1
+    train(workdir, 'vrpsr.yml', *short(4, 'vrpsr_c'), 'datasets:train:degrade_on=model')
+    c = torch.load(workdir / 'experiments/vrpsr_c/models/net_g_4.pth', map_location='cpu')
+    for name, tensor in a['params'].items():
+        assert torch.allclose(tensor, c['params'][name], atol=1e-6, rtol=0), name
 
 
 @pytest.mark.parametrize('option', ['baseline.yml', 'vrpsr_post_joint.yml'])

@@ -84,18 +84,31 @@ class CodecAwareS3Diff(OneStepCodecDiffusion):
     output is aware of the downstream codec and rate in ``cond``.
 
     Args: ``scale`` (default 4), ``degradation_guided`` (S3Diff's degradation-guided LoRA,
-    :class:`DegradationModulation`; ``forward`` then needs ``deg_score``, B x 2 blur/noise degrees in [0, 1], as
-    S3Diff's degradation estimator gives) and every option of ``OneStepCodecDiffusion``.
-    :meth:`from_s3diff_checkpoint` loads S3Diff's released weights.
+    :class:`DegradationModulation`, driven by ``deg_score``: B x 2 blur/noise degrees in [0, 1]),
+    ``degradation_estimator`` (path to S3Diff's ``de_net.pth``: the frozen
+    :class:`~vrpsr_plugin.archs.degradation_estimator_arch.DegradationEstimator` that computes ``deg_score`` from
+    the LQ input when ``forward`` is not given one; never trained nor saved, the path is in :attr:`arch_spec`) and
+    every option of ``OneStepCodecDiffusion``. :meth:`from_s3diff_checkpoint` loads S3Diff's released weights.
     """
 
     def __init__(self, pretrained_model_name_or_path: str, scale: int = 4, degradation_guided: bool = False,
-                 **kwargs) -> None:
+                 degradation_estimator: Optional[str] = None, **kwargs) -> None:
+        if degradation_estimator is not None and not degradation_guided:
+            raise ValueError('degradation_estimator is only used with degradation_guided: true')
         super().__init__(pretrained_model_name_or_path, **kwargs)
         if scale < 1:
             raise ValueError(f'scale must be >= 1, got {scale}')
         self.scale = scale
-        self.config.update(scale=scale, degradation_guided=degradation_guided)
+        self.config.update(scale=scale, degradation_guided=degradation_guided,
+                           degradation_estimator=None if degradation_estimator is None else str(degradation_estimator))
+        self.degradation_estimator = None
+        if degradation_estimator is not None:
+            from vrpsr_plugin.archs.degradation_estimator_arch import DegradationEstimator
+            self.degradation_estimator = DegradationEstimator.from_pretrained(degradation_estimator)
+            self.degradation_estimator.requires_grad_(False)
+            # frozen and pretrained like the SD base: out of state_dict(), checkpoints and the optimizer
+            self._base_keys = self._base_keys | {f'degradation_estimator.{k}'
+                                                 for k in self.degradation_estimator.state_dict()}
         self.deg_modulation = None
         self._deg_context: Dict[str, torch.Tensor] = {}
         if degradation_guided:
@@ -118,13 +131,32 @@ class CodecAwareS3Diff(OneStepCodecDiffusion):
         check_image_and_condition(x, cond, len(self.codecs) + 1)
         self._deg_context.clear()
         if self.deg_modulation is not None:
+            if deg_score is None and self.degradation_estimator is not None:
+                deg_score = self.estimate_degradation(x)
             if deg_score is None or deg_score.shape != (x.shape[0], 2):
                 raise ValueError(f'degradation_guided needs deg_score of shape ({x.shape[0]}, 2) (blur, noise '
-                                 f'degrees in [0, 1]), got {None if deg_score is None else tuple(deg_score.shape)}')
+                                 f'degrees in [0, 1]; or build with degradation_estimator=de_net.pth), got '
+                                 f'{None if deg_score is None else tuple(deg_score.shape)}')
             self._deg_context.update(self.deg_modulation(deg_score.to(x.device)))
         if self.scale > 1:
             x = F.interpolate(x, scale_factor=self.scale, mode='bicubic', align_corners=False).clamp(0, 1)
         return super().forward(x, cond, prompts)
+
+    def estimate_degradation(self, x: torch.Tensor) -> torch.Tensor:
+        """S3Diff's ``deg_score``: the frozen estimator on the LQ input (in [0, 1], before upsampling), without
+        gradient and outside any autocast, in the estimator's own dtype (float32 unless the whole net was cast);
+        returned as float32 B x 2."""
+        estimator = self.degradation_estimator
+        dtype = next(estimator.parameters()).dtype
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            return estimator(x.to(dtype)).float()
+
+    def train(self, mode: bool = True) -> 'CodecAwareS3Diff':
+        """Switch the trainable part; the degradation estimator stays in eval mode."""
+        super().train(mode)
+        if self.degradation_estimator is not None:
+            self.degradation_estimator.eval()
+        return self
 
     @classmethod
     def from_s3diff_checkpoint(cls, path: str, pretrained_model_name_or_path: str,
@@ -133,7 +165,8 @@ class CodecAwareS3Diff(OneStepCodecDiffusion):
         ``state_dict_unet`` (LoRA + conv_in), ``state_dict_vae`` (LoRA, adapter 'vae_skip'), the six
         ``state_dict_*_mlp``, ``w``, ``state_embeddings``) on the base ``pretrained_model_name_or_path``
         (SD-Turbo). Strict: every tensor of the file must land in the model and every S3Diff part of the model
-        must come from the file; only our codec heads (zero-initialised, App. B.3) start fresh."""
+        must come from the file; only our codec heads (zero-initialised, App. B.3) start fresh. ``options`` go to
+        the constructor, e.g. ``scale`` and ``degradation_estimator`` (S3Diff's ``de_net.pth``)."""
         from vrpsr_plugin.archs.checkpoint import load_checkpoint_file, load_state_dict_strict
         raw = load_checkpoint_file(path)
         needed = ['rank_unet', 'rank_vae', 'unet_lora_target_modules', 'vae_lora_target_modules', 'state_dict_unet',

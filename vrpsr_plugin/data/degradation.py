@@ -1,10 +1,11 @@
 """Real-ESRGAN's high-order degradation p_C(X~ | X) (Eq. 1, App. B.1), run per sample on any device.
 
 The kernels come from BasicSR's ``random_mixed_kernels`` / ``circular_lowpass_kernel`` with Real-ESRGAN's
-sampling rules and option names; the degradation chain itself is BasicSR's ``RealESRGANModel.feed_data`` (blur ->
-resize -> noise -> JPEG, twice, with the final sinc filter), called on a small carrier object that holds the CPU
-(or any device's) JPEG and USM modules instead of the model's hard-coded ``.cuda()`` ones. It runs inside the
-dataset because the codec condition of Eq. 1 is the real codec's bitrate *on X~*.
+sampling rules and option names; the degradation chain itself is BasicSR's ``RealESRGANModel.feed_data`` (USM
+sharpening of X, then blur -> resize -> noise -> JPEG, twice, with the final sinc filter), called on a small carrier
+object that holds the CPU (or any device's) JPEG and USM modules instead of the model's hard-coded ``.cuda()`` ones.
+It runs in the dataset, one sample at a time, or on the model's device for a whole batch (``degrade_on: model``
+of :class:`~vrpsr_plugin.data.recompression_sr_dataset.RecompressionSRDataset`, as Real-ESRGAN does).
 
 All randomness goes through Python's ``random``, NumPy's and torch's global generators (that is how BasicSR's
 functions draw); :func:`seeded` makes a sample a pure function of its seed.
@@ -41,10 +42,12 @@ _PAD_TO = 21
 
 @contextlib.contextmanager
 def seeded(seed_words: Sequence[int]) -> Iterator[None]:
-    """Seed ``random``, NumPy and torch (CPU) from ``seed_words`` for the block; restore their states after."""
+    """Seed ``random``, NumPy and torch (CPU and initialised CUDA devices) from ``seed_words`` for the block;
+    restore their states after."""
     seed = int(np.random.SeedSequence(list(seed_words)).generate_state(1)[0])
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -81,6 +84,30 @@ def checked_options(opt: Dict[str, Any], defaults: Dict[str, Any], scale: int, w
     return {**defaults, **opt}
 
 
+class SeparableUSMSharp(USMSharp):
+    """BasicSR's ``USMSharp`` (the unsharp mask Real-ESRGAN applies to X before degrading it) with its 101 x 101
+    Gaussian applied as two 1-D passes: the same result to float rounding at 2 x 101 instead of 101^2
+    multiply-adds per pixel (it was 70% of the degradation's time at 512 px, ``benchmarks/degradation_bench.py``)."""
+
+    def __init__(self, radius: int = 50, sigma: float = 0) -> None:
+        super().__init__(radius, sigma)
+        self.register_buffer('taps', self.kernel[0].sum(1), persistent=False)  # rows of g g^T sum to g
+
+    def blur(self, img: torch.Tensor) -> torch.Tensor:
+        """``filter2D(img, self.kernel)``: reflect-pad, then convolve rows and columns."""
+        b, c, h, w = img.shape
+        k = self.taps.numel()
+        x = F.pad(img, (k // 2,) * 4, mode='reflect').reshape(b * c, 1, h + k - 1, w + k - 1)
+        x = F.conv2d(x, self.taps.to(img.dtype).view(1, 1, 1, k))
+        return F.conv2d(x, self.taps.to(img.dtype).view(1, 1, k, 1)).view(b, c, h, w)
+
+    def forward(self, img: torch.Tensor, weight: float = 0.5, threshold: float = 10) -> torch.Tensor:
+        residual = img - self.blur(img)
+        soft_mask = self.blur((residual.abs() * 255 > threshold).to(img.dtype))
+        sharp = (img + weight * residual).clamp(0, 1)
+        return soft_mask * sharp + (1 - soft_mask) * img
+
+
 class HighOrderDegradation:
     """X -> X~ with Real-ESRGAN's second-order model at SR scale ``scale`` (1: same-size restoration)."""
 
@@ -89,7 +116,7 @@ class HighOrderDegradation:
                     'high_order_degradation': True}
         self.device = torch.device(device)
         self.jpeger = DiffJPEG(differentiable=False).to(self.device)
-        self.usm_sharpener = USMSharp().to(self.device)
+        self.usm_sharpener = SeparableUSMSharp().to(self.device)
 
     def sample_kernels(self) -> Dict[str, torch.Tensor]:
         """First/second blur kernels and the final sinc kernel (a pulse when not drawn), 21 x 21 each."""
@@ -120,8 +147,10 @@ class HighOrderDegradation:
         side = max(h, w)  # feed_data crops to a gt_size square: degrade a reflected square, cut the picture back
         square = F.pad(gt, (0, side - w, 0, side - h), mode='reflect') if h != w else gt
         data = {'gt': square, **{k: torch.stack([kk[k] for kk in kernels]) for k in kernels[0]}}
+        # DiffJPEG crops its padding away; a batch's next filter2D needs a contiguous tensor (.view)
         carrier = SimpleNamespace(is_train=True, opt={**self.opt, 'gt_size': side}, device=self.device,
-                                  jpeger=self.jpeger, usm_sharpener=self.usm_sharpener,
+                                  jpeger=lambda x, quality: self.jpeger(x, quality=quality).contiguous(),
+                                  usm_sharpener=self.usm_sharpener,
                                   _dequeue_and_enqueue=lambda: None)
         threads = torch.get_num_threads()
         if self.device.type == 'cpu':
@@ -185,8 +214,8 @@ def vary_uint8(variation: MildDegradation, image: np.ndarray, seed_words: Sequen
 DEGRADATIONS = {'realesrgan': HighOrderDegradation, 'mild': MildDegradation}
 
 
-def build_degradation(kind: str, opt: Dict[str, Any], scale: int = 1):
-    """The degradation ``kind`` ('realesrgan' or 'mild') with option overrides ``opt``."""
+def build_degradation(kind: str, opt: Dict[str, Any], scale: int = 1, device: torch.device = torch.device('cpu')):
+    """The degradation ``kind`` ('realesrgan' or 'mild') with option overrides ``opt``, run on ``device``."""
     if kind not in DEGRADATIONS:
         raise ValueError(f'degradation_type must be one of {sorted(DEGRADATIONS)}, got {kind!r}')
-    return DEGRADATIONS[kind](opt, scale=scale)
+    return DEGRADATIONS[kind](opt, scale=scale, device=device)

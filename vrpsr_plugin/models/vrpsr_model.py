@@ -114,12 +114,24 @@ class VRPSRModel(CodecLoopModel):
 
     # ----------------------------------------------------------------- data and forward
     def feed_data(self, data: Dict[str, torch.Tensor]) -> None:
+        """A batch of :class:`RecompressionSRDataset`; one from ``degrade_on: model`` (no ``lq``) is first degraded
+        and encoded here, on ``self.device``, as a batch (Eq. 1)."""
+        if 'lq' not in data and 'draw_seed' in data:
+            data = {**data, **self.degrade_and_encode(data)}
         self.lq = data['lq'].to(self.device)
         self.cond = data['cond'].to(self.device)
         self.codecs = list(data['codec'])
         self.qps = [int(q) for q in data['qp']]
         for key in ('gt', 'cond_target', 'gt_codec', 'lq_codec'):
             setattr(self, key, data[key].to(self.device) if key in data else None)
+
+    def degrade_and_encode(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """X~, X_bar and c of a ``degrade_on: model`` batch, with the training dataset's options."""
+        from vrpsr_plugin.data.recompression_sr_dataset import DegradeAndEncode, batch_seed_words
+        if getattr(self, '_degrade_and_encode', None) is None:
+            self._degrade_and_encode = DegradeAndEncode(self.opt['datasets']['train'], self.device)
+        return self._degrade_and_encode(data['gt'].to(self.device), list(data['codec']),
+                                        [int(q) for q in data['qp']], batch_seed_words(data['draw_seed']))
 
     def sr_condition(self) -> Optional[torch.Tensor]:
         """c for g, or None with ``condition_embedding: false`` (Table 5)."""
