@@ -160,3 +160,20 @@ def test_degradation_checks():
         HighOrderDegradation({'blur_sigmaa': [1, 2]})
     out = HighOrderDegradation(SMALL_RESIZE, scale=4)(torch.rand(1, 3, 48, 48))
     assert out.shape == (1, 3, 12, 12) and torch.equal(out, (out * 255).round() / 255)
+
+
+def test_gt_reader_reads_lmdb_like_disk(demo, tmp_path):
+    """One reader for the datasets and the stage-1 rate fit: an lmdb of the photos gives the same pixels."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+    from vrpsr_plugin.data.codec_simulator_dataset import GTReader, gt_keys
+    names = sorted(p for p in os.listdir(demo) if p.endswith('.png'))
+    make_lmdb_from_imgs(str(demo), str(tmp_path / 'gt.lmdb'), names, [n[:-4] for n in names])
+    disk = {'dataroot_gt': str(demo), 'io_backend': {'type': 'disk'}}
+    lmdb = {'dataroot_gt': str(tmp_path / 'gt.lmdb'), 'io_backend': {'type': 'lmdb'}}
+    with GTReader(lmdb) as read_lmdb:
+        for path, key in zip(sorted(gt_keys(disk)), sorted(gt_keys(lmdb))):
+            assert np.array_equal(GTReader(disk)(path), read_lmdb(key))
+    common = {'codecs': ['libx264'], 'qps': [30], 'gt_size': 32, 'seed': 0, 'degradation_type': 'mild'}
+    a = RecompressionSRDataset({**disk, **common})[0]
+    b = RecompressionSRDataset({**lmdb, **common})[0]
+    assert torch.equal(a['gt'], b['gt'])

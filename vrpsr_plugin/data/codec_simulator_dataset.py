@@ -37,6 +37,40 @@ def decode_rgb(payload: bytes, name: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+class GTReader:
+    """Ground-truth image by key (:func:`gt_keys`) through BasicSR's FileClient (disk path or lmdb key), as H x W x 3
+    RGB uint8; the client opens on first use (in each DataLoader worker); a context manager closes it."""
+
+    def __init__(self, opt: Dict[str, Any]) -> None:
+        self.io_opt = dict(opt['io_backend'])
+        self.root = opt['dataroot_gt']
+        self.client: Optional[FileClient] = None
+
+    def __call__(self, key: str) -> np.ndarray:
+        lmdb = self.io_opt['type'] == 'lmdb'
+        if self.client is None:
+            opt = dict(self.io_opt)
+            backend = opt.pop('type')
+            if lmdb:
+                opt.update(db_paths=[self.root], client_keys=['gt'])
+            self.client = FileClient(backend, **opt)
+        return decode_rgb(self.client.get(key, 'gt') if lmdb else self.client.get(key), key)
+
+    def close(self) -> None:
+        """Close an open lmdb environment (LMDB allows one per path and process: the stage-1 rate fit reads in the
+        main process before the datasets open theirs)."""
+        if self.client is not None and self.io_opt['type'] == 'lmdb':
+            for env in self.client.client._client.values():
+                env.close()
+        self.client = None
+
+    def __enter__(self) -> 'GTReader':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def gt_keys(opt: Dict[str, Any]) -> List[str]:
     """Ground-truth paths (disk) or keys (lmdb), as BasicSR's paired datasets list them."""
     root, backend = opt['dataroot_gt'], opt['io_backend']['type']
@@ -120,8 +154,7 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
         self.gt_size = opt.get('gt_size')
         self.align = int(opt.get('align', 16))
         self.seed = int(opt.get('seed', 0))
-        self.io_opt = dict(opt['io_backend'])
-        self.file_client: Optional[FileClient] = None
+        self.read_gt = GTReader(opt)
         self.bank = CodecBank(opt['dataroot_bank']) if opt.get('dataroot_bank') else None
         if self.bank:
             self.qps = [int(q) for q in (opt.get('qps') or self.bank.qps)]
@@ -142,18 +175,6 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _read(self, path: str, client_key: str) -> np.ndarray:
-        """Read an image through BasicSR's FileClient (disk path, or lmdb key under ``client_key``)."""
-        if self.file_client is None:
-            opt = dict(self.io_opt)
-            backend = opt.pop('type')
-            if backend == 'lmdb':
-                opt.update(db_paths=[self.opt['dataroot_gt']], client_keys=['gt'])
-            self.file_client = FileClient(backend, **opt)
-        if self.io_opt['type'] == 'lmdb':
-            return decode_rgb(self.file_client.get(path, 'gt'), path)
-        return decode_rgb(self.file_client.get(path), path)
-
     def __getitem__(self, index: int) -> Dict[str, Any]:
         from vrpsr_plugin.codecs import encode
         key = self.keys[index % len(self.keys)]
@@ -169,7 +190,7 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
             gt, decoded = (img[top:top + h, left:left + w] for img in (gt, decoded))
             bpp, gt_path = float(record['bpp']), osp.join(self.bank.root, key)
         else:
-            gt = self._read(key, 'gt')
+            gt = self.read_gt(key)
             top, left, h, w = random_crop_box(*gt.shape[:2], self.gt_size, rng, self.align)
             gt = np.ascontiguousarray(gt[top:top + h, left:left + w])
             gt = augment_pair([gt], rng, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))[0]

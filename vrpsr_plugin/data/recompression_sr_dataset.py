@@ -30,7 +30,7 @@ from torch.utils import data
 
 from vrpsr_plugin.codecs.condition import CONDITION_CODECS, CodecCondition
 from vrpsr_plugin.codecs.inputs import rgb_to_tensor, to_rgb_uint8
-from vrpsr_plugin.data.codec_simulator_dataset import (augment_pair, decode_rgb, gt_keys, random_crop_box,
+from vrpsr_plugin.data.codec_simulator_dataset import (GTReader, augment_pair, gt_keys, random_crop_box,
                                                         sample_qps)
 from vrpsr_plugin.data.degradation import build_degradation, seeded
 from vrpsr_plugin.data.fresh_draws import FreshDrawMixin
@@ -122,28 +122,16 @@ class RecompressionSRDataset(FreshDrawMixin, data.Dataset):
             raise ValueError(f'degrade_on: model is for training sets only (this is a {opt["phase"]} set): the '
                              'model completes batches with the training set\'s options')
         self.complete = DegradeAndEncode(opt)  # built (and its options checked) in both modes
-        self.io_opt = dict(opt['io_backend'])
-        self.file_client = None
+        self.read_gt = GTReader(opt)
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    def _read(self, key: str) -> np.ndarray:
-        from basicsr.utils import FileClient
-        if self.file_client is None:
-            opt = dict(self.io_opt)
-            backend = opt.pop('type')
-            if backend == 'lmdb':
-                opt.update(db_paths=[self.opt['dataroot_gt']], client_keys=['gt'])
-            self.file_client = FileClient(backend, **opt)
-        payload = self.file_client.get(key, 'gt') if self.io_opt['type'] == 'lmdb' else self.file_client.get(key)
-        return decode_rgb(payload, key)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         from vrpsr_plugin.codecs import encode
         key = self.keys[index % len(self.keys)]
         rng = np.random.default_rng(self.draw_seed(index))
-        gt = self._read(key)
+        gt = self.read_gt(key)
         top, left, h, w = random_crop_box(*gt.shape[:2], self.gt_size, rng, self.align)
         gt = augment_pair([gt[top:top + h, left:left + w]], rng, self.opt.get('use_hflip', False),
                           self.opt.get('use_rot', False))[0]

@@ -226,7 +226,7 @@ class CodecSimulatorModel(CodecLoopModel):
         """Fit R on ``train.rate_fit`` = {num_images, sizes, qps, steps, seed} crops of the training images, half of
         them passed through the data's ``input_variation`` (as D sees them), and a ``distortion: dct`` proxy on
         the same encodes' decodes."""
-        from vrpsr_plugin.data.codec_simulator_dataset import decode_rgb, gt_keys
+        from vrpsr_plugin.data.codec_simulator_dataset import GTReader, gt_keys
         from vrpsr_plugin.models.rate_fit import collect_rate_samples, fit_rate_model
         net, logger = self.get_bare_model(self.net_g), get_root_logger()
         if torch.isfinite(net.bpp_range).all():
@@ -237,10 +237,8 @@ class CodecSimulatorModel(CodecLoopModel):
             keys = gt_keys(data_opt)
             rng = np.random.default_rng(int(fit_opt.get('seed', 0)))
             picks = rng.permutation(len(keys))[:int(fit_opt.get('num_images', 64))]
-            images = []
-            for i in picks:
-                with open(keys[i], 'rb') as handle:
-                    images.append(decode_rgb(handle.read(), keys[i]))
+            with GTReader(data_opt) as read_gt:  # disk or lmdb, as the dataset reads them
+                images = [read_gt(keys[i]) for i in picks]
             lo, hi = (int(v) for v in net.rate_model.qp_range)
             proxy = net.distortion if isinstance(net.distortion, DCTQuantizationProxy) else None
             samples = collect_rate_samples(images, list(data_opt.get('codecs') or ['libx264']),
