@@ -1,4 +1,4 @@
-"""Real-ESRGAN's high-order degradation p_C(X~ | X) (Eq. 1, App. B.1), run per sample on any device.
+"""Real-ESRGAN's high-order degradation p_C(X~ | X) (Eq. 1, App. B.1), per sample or per batch, on any device.
 
 The kernels come from BasicSR's ``random_mixed_kernels`` / ``circular_lowpass_kernel`` with Real-ESRGAN's
 sampling rules and option names; the degradation chain itself is BasicSR's ``RealESRGANModel.feed_data`` (USM
@@ -87,7 +87,8 @@ def checked_options(opt: Dict[str, Any], defaults: Dict[str, Any], scale: int, w
 class SeparableUSMSharp(USMSharp):
     """BasicSR's ``USMSharp`` (the unsharp mask Real-ESRGAN applies to X before degrading it) with its 101 x 101
     Gaussian applied as two 1-D passes: the same result to float rounding at 2 x 101 instead of 101^2
-    multiply-adds per pixel (it was 70% of the degradation's time at 512 px, ``benchmarks/degradation_bench.py``)."""
+    multiply-adds per pixel (it was 70% of the chain's time at 512 px under cProfile; ``benchmarks/data_bench.py``
+    prints the degradation's speed with it and with BasicSR's)."""
 
     def __init__(self, radius: int = 50, sigma: float = 0) -> None:
         super().__init__(radius, sigma)
