@@ -17,7 +17,8 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     packages=find_packages(include=['vrpsr_plugin', 'vrpsr_plugin.*']),
-    package_data={'vrpsr_plugin.eic': ['weights/*.safetensors']},  # the shipped ASSR-EIC decoder (docs/eic.md)
+    # the shipped ASSR-EIC decoder and the parameter-set dictionaries of its file format (docs/eic.md)
+    package_data={'vrpsr_plugin.eic': ['weights/*.safetensors', 'dictionaries/*.bin']},
     install_requires=['torch>=2.1', 'basicsr>=1.4.2,<1.5'] + requirements,
     extras_require={'dev': ['pytest>=7', 'pytest-timeout>=2', 'psutil>=5'],
                     'cluster': ['ray>=2.9']},  # --engine ray (docs/cluster.md)

@@ -1,8 +1,10 @@
 """ASSR-EIC (seed 002): file format, real-codec decode, rate control, decoder metadata, data draws, smoke training,
 and the shipped decoder across s in [1, 8]."""
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from skimage import data as skdata
 from tests.conftest import REPO, crop
 from vrpsr_plugin.archs.assr_eic_arch import ASSREICNet, assr_condition
 from vrpsr_plugin.codecs import decode, encode
-from vrpsr_plugin.eic.container import HEADER_SIZE, EICFile, EICFormatError
+from vrpsr_plugin.eic.container import EICFile, EICFormatError, split_parameter_sets
 from vrpsr_plugin.eic.pipeline import (decode_bytes, default_decoder_path, encode_image, export_decoder,
                                        load_decoder)
 
@@ -34,30 +36,64 @@ def tiny_decoder(tmp_path_factory):
     return root / 'dec.safetensors'
 
 
-def test_container_roundtrip_and_bad_files():
-    eic = EICFile('libx265', 37, 300, 200, 75, 50, b'\x00\x00\x01' + bytes(range(40)))
+def _v1_file(eic: EICFile) -> bytes:
+    """A file of format version 1 (the previous release): 24-byte header, then the bitstream."""
+    fields = struct.pack('>4sBBBBHHHHI', b'VEIC', 1, 1, eic.qp, 0, eic.width, eic.height, eic.coded_width,
+                         eic.coded_height, len(eic.bitstream))
+    return fields + struct.pack('>I', zlib.crc32(fields + eic.bitstream)) + eic.bitstream
+
+
+@pytest.mark.parametrize('codec', ['libx265', 'libx264', 'libvvenc'])
+def test_container_stores_parameter_sets_deflated(photo, codec):
+    bitstream = encode(photo[:72, :80], codec, qp=40).bitstream
+    head, rest = split_parameter_sets(bitstream, codec)
+    assert head and head + rest == bitstream and len(head) >= 40
+    eic = EICFile(codec, 40, 160, 144, 80, 72, bitstream)
     data = eic.to_bytes()
-    assert len(data) == HEADER_SIZE + len(eic.bitstream)
+    # the header's fields take 15 bytes and 1 more says how long the deflated parameter sets are: they take at
+    # most half of their size (x264's 40 bytes: ~14, x265's 86: ~12, vvenc's 190: ~18)
+    assert len(data) - len(rest) - 16 <= len(head) / 2, (len(data), len(rest), len(head))
+    assert EICFile.from_bytes(data) == eic and eic.bpp == pytest.approx(8 * len(data) / (160 * 144))
+    assert np.array_equal(decode(EICFile.from_bytes(data).bitstream, codec, 72, 80),
+                          decode(bitstream, codec, 72, 80))
+
+
+def test_container_roundtrip_and_bad_files():
+    eic = EICFile('libx265', 37, 300, 200, 75, 50, b'\x00\x00\x01' + bytes(range(40)))  # no parameter sets
+    data = eic.to_bytes()
+    assert len(data) == 16 + len(eic.bitstream)  # magic + version 3, codec 1, QP 1, sizes 2+2+1+1, length 1, CRC 4
     assert EICFile.from_bytes(data) == eic
     assert eic.scale == pytest.approx(4.0) and eic.bpp == pytest.approx(8 * len(data) / 60000)
+    assert EICFile.from_bytes(_v1_file(eic)) == eic  # the previous release's files still decode
     with pytest.raises(EICFormatError, match='truncated'):
         EICFile.from_bytes(data[:-5])
     with pytest.raises(EICFormatError, match='truncated'):
-        EICFile.from_bytes(data[:10])
+        EICFile.from_bytes(data[:8])
+    with pytest.raises(EICFormatError, match='truncated'):
+        EICFile.from_bytes(_v1_file(eic)[:-5])
     with pytest.raises(EICFormatError, match='not an ASSR-EIC file'):
         EICFile.from_bytes(b'\x89PNG\r\n\x1a\n' + data)
     flipped = bytearray(data)
-    flipped[HEADER_SIZE + 7] ^= 0x10
+    flipped[-7] ^= 0x10
     with pytest.raises(EICFormatError, match='checksum'):
         EICFile.from_bytes(bytes(flipped))
     with pytest.raises(EICFormatError, match='after the bitstream'):
         EICFile.from_bytes(data + b'x')
     newer = bytearray(data)
-    newer[4] = 9
+    newer[2] = 9
     with pytest.raises(EICFormatError, match='version 9'):
         EICFile.from_bytes(bytes(newer))
     with pytest.raises(ValueError, match='coded size'):
         EICFile('libx265', 37, 30, 20, 75, 50, b'').to_bytes()
+
+
+def test_container_corrupt_parameter_sets_are_named(photo):
+    data = bytearray(EICFile('libx265', 40, 80, 72, 80, 72, encode(photo[:72, :80], 'libx265', qp=40).bitstream)
+                     .to_bytes())
+    assert data[3] & 0x0F == 1  # parameter sets deflated
+    data[10] ^= 0xFF  # inside the deflated parameter sets
+    with pytest.raises(EICFormatError, match='corrupt'):
+        EICFile.from_bytes(bytes(data))
 
 
 def test_codec_decode_matches_encode(photo):

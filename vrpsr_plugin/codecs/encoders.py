@@ -152,7 +152,7 @@ def qp_range(codec: str) -> Tuple[int, int]:
     return get_spec(codec).qp_range
 
 
-def _nal_type(bitstream: bytes, header: int, nal: str) -> int:
+def nal_type(bitstream: bytes, header: int, nal: str) -> int:
     """nal_unit_type of the NAL unit whose header starts at ``header``."""
     if nal == 'h264':
         return bitstream[header] & 0x1F
@@ -171,7 +171,7 @@ def _strip_sei(bitstream: bytes, nal: str) -> bytes:
     begins = [c - 1 if c > 0 and bitstream[c - 1] == 0 else c for c in codes]  # include a 4-byte code's zero
     ends = begins[1:] + [len(bitstream)]
     kept = [bitstream[b:e] for b, e, c in zip(begins, ends, codes)
-            if c + 3 >= len(bitstream) or _nal_type(bitstream, c + 3, nal) not in SEI_TYPES[nal]]
+            if c + 3 >= len(bitstream) or nal_type(bitstream, c + 3, nal) not in SEI_TYPES[nal]]
     return bitstream[:begins[0]] + b''.join(kept) if codes else bitstream
 
 

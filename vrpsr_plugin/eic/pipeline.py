@@ -9,14 +9,15 @@ predictor would save the decodes but needs its own training data and errs where 
 import json
 import time
 import warnings
+from functools import partial
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from vrpsr_plugin.eic.container import HEADER_SIZE, EICFile
+from vrpsr_plugin.eic.container import EICFile
 from vrpsr_plugin.eic.rescale import downscale, lr_size
 
 DEFAULT_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
@@ -129,16 +130,29 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(calculate_psnr(a, b, crop_border=0))
 
 
-def fit_budget(lr: np.ndarray, codec: str, payload: int, qp_max: int, encode_kwargs: Dict[str, Any]):
-    """``find_qp`` for the byte budget, then the QP stepped up until the bitstream fits (None: it never does)."""
+def _file_size(codec: str, width: int, height: int, coded: Tuple[int, int], bitstream: bytes) -> int:
+    return len(EICFile(codec, 0, width, height, coded[1], coded[0], bitstream).to_bytes())
+
+
+def fit_budget(lr: np.ndarray, codec: str, budget: int, qp_max: int, encode_kwargs: Dict[str, Any],
+               file_size: Callable[[bytes], int] = len):
+    """``find_qp`` for a file of ``budget`` bytes, then the QP stepped up until it fits (None: it never does).
+    ``file_size(bitstream)`` is the size of the file holding a bitstream (default: the bitstream alone)."""
     from vrpsr_plugin.codecs import encode, find_qp
-    target = 8.0 * payload / (lr.shape[0] * lr.shape[1])
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)  # an unreachable target is handled below
-        result = find_qp(lr, codec, target, **encode_kwargs)
-    while result.num_bytes > payload and result.qp < qp_max:
+    extra = 0
+    for attempt in range(2):  # the second pass corrects for the container's overhead measured in the first
+        target = 8.0 * (budget - extra) / (lr.shape[0] * lr.shape[1])
+        if target <= 0:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)  # an unreachable target is handled below
+            result = find_qp(lr, codec, target, first_qp=result.qp if attempt else None, **encode_kwargs)
+        if file_size(result.bitstream) - result.num_bytes == extra:
+            break
+        extra = file_size(result.bitstream) - result.num_bytes
+    while file_size(result.bitstream) > budget and result.qp < qp_max:
         result = encode(lr, codec, qp=result.qp + 1, **encode_kwargs)
-    return result if result.num_bytes <= payload else None
+    return result if file_size(result.bitstream) <= budget else None
 
 
 def encode_image(rgb: np.ndarray, codec: str, decoder: Decoder, bpp: Optional[float] = None,
@@ -161,10 +175,7 @@ def encode_image(rgb: np.ndarray, codec: str, decoder: Decoder, bpp: Optional[fl
     if bpp is not None:
         if not bpp > 0:
             raise ValueError(f'bpp must be > 0, got {bpp!r}')
-        payload = int(bpp * height * width / 8) - HEADER_SIZE
-        if payload <= 0:
-            raise ValueError(f'{bpp} bpp of a {width}x{height} picture is {int(bpp * height * width / 8)} bytes, no '
-                             f'more than the {HEADER_SIZE}-byte header')
+        budget = int(bpp * height * width / 8)
         grid = [s for s in scales if decoder.scale_range[0] <= s <= decoder.scale_range[1]]
     else:
         if scale is None:
@@ -182,8 +193,9 @@ def encode_image(rgb: np.ndarray, codec: str, decoder: Decoder, bpp: Optional[fl
         lr = downscale(rgb, size)
         seconds['downscale'] += time.perf_counter() - start
         start = time.perf_counter()
+        file_size = partial(_file_size, codec, width, height, size)
         result = encode(lr, codec, qp=int(qp), **kwargs) if qp is not None else \
-            fit_budget(lr, codec, payload, decoder.qp_range[1], kwargs)
+            fit_budget(lr, codec, budget, decoder.qp_range[1], kwargs, file_size)
         seconds['codec'] += time.perf_counter() - start
         s_true = (height * width / (size[0] * size[1])) ** 0.5
         if result is None or result.qp < decoder.qp_range[0]:
@@ -191,7 +203,7 @@ def encode_image(rgb: np.ndarray, codec: str, decoder: Decoder, bpp: Optional[fl
         start = time.perf_counter()
         restored = decoder.restore(result.image, codec, result.qp, (height, width), dial)
         seconds['decoder'] += time.perf_counter() - start
-        candidate = Candidate(s_true, int(result.qp), 8.0 * (HEADER_SIZE + result.num_bytes) / (height * width),
+        candidate = Candidate(s_true, int(result.qp), 8.0 * file_size(result.bitstream) / (height * width),
                               _psnr(restored, rgb))
         tried.append(candidate)
         results.append((size, (result, restored, candidate)))
