@@ -5,7 +5,7 @@ Version 2 (written); ``varint`` is unsigned LEB128 (1 byte up to 127, 2 up to 16
     magic b'VE' | version u8 (2) | codec id << 4 | flags u8 | QP u8 | width, height, coded width, coded height varints
     | flags & 1: n varint + the parameter sets deflated against the codec's dictionary (n bytes)
     | length of the rest of the bitstream varint | CRC-32 (big-endian) of the bytes before it and of the bitstream
-    | the rest of the bitstream (the slice data), verbatim
+    | the rest of the bitstream (the slice data), verbatim but for its leading start code (flags & 2: 00 00 01, flags & 4: 00 00 00 01)
 
 The parameter sets (everything before the first slice: VPS/SPS/PPS of x265, 85-90 bytes; 40-45 of x264; 190-200 of
 vvenc) are the same for every picture but for a few size- and QP-dependent fields, so they are stored deflated against
@@ -34,6 +34,9 @@ MAGIC = b'VE'
 CODEC_IDS = ('libx264', 'libx265', 'libvvenc', 'libsvtav1', 'jpeg', 'libwebp')
 DICTIONARY_CODECS = ('libx264', 'libx265', 'libvvenc')  # those with a parameter-set dictionary in format 2
 FLAG_DEFLATED_PARAMETER_SETS = 1
+# the rest of the bitstream began with this start code, which is not stored
+START_CODE_FLAGS = {2: b'\x00\x00\x01', 4: b'\x00\x00\x00\x01'}
+_FLAGS = FLAG_DEFLATED_PARAMETER_SETS | 2 | 4
 # nal_unit_type of the slice (VCL) NAL units: what follows the parameter sets
 _NAL = {'libx264': ('h264', range(1, 6)), 'libx265': ('hevc', range(0, 32)), 'libvvenc': ('vvc', range(0, 12))}
 _V1_MAGIC = b'VEIC'
@@ -154,6 +157,10 @@ class EICFile:
             deflated = _deflate(head, self.codec)
             if head and len(_varint(len(deflated))) + len(deflated) < len(head):
                 flags, packed, rest = FLAG_DEFLATED_PARAMETER_SETS, _varint(len(deflated)) + deflated, tail
+            for flag, code in sorted(START_CODE_FLAGS.items(), reverse=True):
+                if rest.startswith(code):
+                    flags, rest = flags | flag, rest[len(code):]
+                    break
         fields = (MAGIC + bytes([VERSION, CODEC_IDS.index(self.codec) << 4 | flags, self.qp])
                   + b''.join(_varint(v) for v in (self.width, self.height, self.coded_width, self.coded_height))
                   + packed + _varint(len(rest)))
@@ -173,18 +180,20 @@ class EICFile:
         reader.take(3)
         codec_byte, qp = reader.take(2)
         codec_id, flags = codec_byte >> 4, codec_byte & 0x0F
+        omitted = [code for flag, code in START_CODE_FLAGS.items() if flags & flag]
         width, height, cw, ch = (reader.varint() for _ in range(4))
-        if codec_id >= len(CODEC_IDS) or flags & ~FLAG_DEFLATED_PARAMETER_SETS or \
+        if codec_id >= len(CODEC_IDS) or flags & ~_FLAGS or len(omitted) > 1 or \
                 (flags and CODEC_IDS[codec_id] not in DICTIONARY_CODECS):
             raise EICFormatError(f'{name} uses codec id {codec_id} / flags {flags} unknown to this build')
         codec = CODEC_IDS[codec_id]
-        deflated = reader.take(reader.varint()) if flags else b''
+        deflated = reader.take(reader.varint()) if flags & FLAG_DEFLATED_PARAMETER_SETS else b''
         length = reader.varint()
         fields_end = reader.pos
         (crc,) = struct.unpack('>I', reader.take(4))
         rest = data[reader.pos:]
         _check_length(length, rest, name)
-        bitstream = (_inflate(deflated, codec, name) if flags else b'') + rest
+        bitstream = ((_inflate(deflated, codec, name) if flags & FLAG_DEFLATED_PARAMETER_SETS else b'')
+                     + b''.join(omitted) + rest)
         if zlib.crc32(data[:fields_end] + bitstream) != crc:
             raise EICFormatError(f'{name} is corrupt: checksum mismatch')
         return cls._checked(codec, qp, width, height, cw, ch, bitstream, name)
