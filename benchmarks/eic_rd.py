@@ -58,12 +58,6 @@ def fit(image, codec, target):
         return find_qp(image, codec, target)
 
 
-def file_size(size, coded, bitstream):
-    """Bytes of the .vrp file holding an x265 ``bitstream`` of a ``coded`` (h, w) picture of an original ``size``."""
-    from vrpsr_plugin.eic.container import EICFile
-    return len(EICFile('libx265', 0, size[1], size[0], coded[1], coded[0], bitstream).to_bytes())
-
-
 def upscale_bicubic(rgb, size):
     from PIL import Image
     return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BICUBIC))
@@ -85,11 +79,12 @@ def run_image(rgb, targets, decoder, esrgan):
 
     from vrpsr_plugin.codecs.inputs import rgb_to_tensor
     from vrpsr_plugin.eic.container import EICFile
-    from vrpsr_plugin.eic.pipeline import encode_image, fit_budget
+    from vrpsr_plugin.eic.pipeline import encode_image, file_size, fit_budget
     from vrpsr_plugin.eic.rescale import downscale, lr_size
     from vrpsr_plugin.metrics.msssim_metric import calculate_ms_ssim
     size = rgb.shape[:2]
     pixels = size[0] * size[1]
+    vrp_size = partial(file_size, 'libx265', size[1], size[0])  # (coded (h, w), bitstream) -> .vrp bytes
     rows = []
 
     def add(method, target, bpp, rec, **extra):
@@ -100,14 +95,14 @@ def run_image(rgb, targets, decoder, esrgan):
         for codec, name in (('libx265', 'x265'), ('libvvenc', 'vvenc')):
             r = fit(rgb, codec, target)
             add(name, target, r.bpp, r.image, qp=r.qp)
-        r = fit_budget(rgb, 'libx265', int(target * pixels / 8), 51, {}, partial(file_size, size, size))
+        r = fit_budget(rgb, 'libx265', int(target * pixels / 8), 51, {}, partial(vrp_size, size))
         if r is not None:
-            add('x265_vrp', target, 8.0 * file_size(size, size, r.bitstream) / pixels, r.image, qp=r.qp)
+            add('x265_vrp', target, 8.0 * vrp_size(size, r.bitstream) / pixels, r.image, qp=r.qp)
         best = None
         for s in GRID:
             lr = lr_size(*size, s)
             r = fit_budget(downscale(rgb, lr), 'libx265', int(target * pixels / 8), 51, {},
-                           partial(file_size, size, lr))
+                           partial(vrp_size, lr))
             if r is None:
                 continue
             rec = upscale_bicubic(r.image, size)
@@ -115,7 +110,7 @@ def run_image(rgb, targets, decoder, esrgan):
             if best is None or psnr > best[0]:
                 best = (psnr, s, r, rec, lr)
         if best is not None:
-            add('bicubic_vrp', target, 8.0 * file_size(size, best[4], best[2].bitstream) / pixels, best[3], s=best[1],
+            add('bicubic_vrp', target, 8.0 * vrp_size(best[4], best[2].bitstream) / pixels, best[3], s=best[1],
                 qp=best[2].qp)
         lr = lr_size(*size, 4.0)
         r = fit(downscale(rgb, lr), 'libx265', target * pixels / (lr[0] * lr[1]))

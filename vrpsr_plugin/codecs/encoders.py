@@ -164,15 +164,26 @@ def nal_type(bitstream: bytes, header: int, nal: str) -> int:
 SEI_TYPES = {'h264': (6,), 'hevc': (39, 40), 'vvc': (23, 24)}
 
 
+def nal_units(bitstream: bytes, nal: str) -> List[Tuple[int, int]]:
+    """(first byte of the start code, nal_unit_type; -1 for a start code at the very end) of each NAL unit of an
+    Annex-B stream. A 4-byte start code's leading zero belongs to its unit."""
+    units = []
+    for match in re.finditer(b'\x00\x00\x01', bitstream):  # never inside a NAL unit (emulation prevention)
+        code = match.start()
+        begin = code - 1 if code > 0 and bitstream[code - 1] == 0 else code
+        units.append((begin, nal_type(bitstream, match.end(), nal) if match.end() < len(bitstream) else -1))
+    return units
+
+
 def _strip_sei(bitstream: bytes, nal: str) -> bytes:
     """Drop the SEI NAL units (the encoders' version/options text, up to ~2 kB) from an Annex-B stream.
     Parameter sets and slices are kept byte for byte, so the result is the whole decodable picture."""
-    codes = [m.start() for m in re.finditer(b'\x00\x00\x01', bitstream)]  # never inside a NAL (emulation prev.)
-    begins = [c - 1 if c > 0 and bitstream[c - 1] == 0 else c for c in codes]  # include a 4-byte code's zero
-    ends = begins[1:] + [len(bitstream)]
-    kept = [bitstream[b:e] for b, e, c in zip(begins, ends, codes)
-            if c + 3 >= len(bitstream) or nal_type(bitstream, c + 3, nal) not in SEI_TYPES[nal]]
-    return bitstream[:begins[0]] + b''.join(kept) if codes else bitstream
+    units = nal_units(bitstream, nal)
+    if not units:
+        return bitstream
+    ends = [begin for begin, _ in units[1:]] + [len(bitstream)]
+    kept = [bitstream[begin:end] for (begin, kind), end in zip(units, ends) if kind not in SEI_TYPES[nal]]
+    return bitstream[:units[0][0]] + b''.join(kept)
 
 
 def strip_sei(bitstream: bytes, spec: CodecSpec) -> bytes:

@@ -5,7 +5,8 @@ Version 2 (written); ``varint`` is unsigned LEB128 (1 byte up to 127, 2 up to 16
     magic b'VE' | version u8 (2) | codec id << 4 | flags u8 | QP u8 | width, height, coded width, coded height varints
     | flags & 1: n varint + the parameter sets deflated against the codec's dictionary (n bytes)
     | length of the rest of the bitstream varint | CRC-32 (big-endian) of the bytes before it and of the bitstream
-    | the rest of the bitstream (the slice data), verbatim but for its leading start code (flags & 2: 00 00 01, flags & 4: 00 00 00 01)
+    | the rest of the bitstream (the slice data), verbatim but for its leading start code
+      (flags & 2: 00 00 01, flags & 4: 00 00 00 01)
 
 The parameter sets (everything before the first slice: VPS/SPS/PPS of x265, 85-90 bytes; 40-45 of x264; 190-200 of
 vvenc) are the same for every picture but for a few size- and QP-dependent fields, so they are stored deflated against
@@ -20,7 +21,6 @@ coded height u16 | bitstream length u32 | CRC-32 u32 | bitstream`` (24 bytes of 
 The decoder's condition (codec, QP, s = original size / coded size) is read from the header. The bpp of a file is
 8 x file size / (width x height): everything included.
 """
-import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -36,7 +36,7 @@ DICTIONARY_CODECS = ('libx264', 'libx265', 'libvvenc')  # those with a parameter
 FLAG_DEFLATED_PARAMETER_SETS = 1
 # the rest of the bitstream began with this start code, which is not stored
 START_CODE_FLAGS = {2: b'\x00\x00\x01', 4: b'\x00\x00\x00\x01'}
-_FLAGS = FLAG_DEFLATED_PARAMETER_SETS | 2 | 4
+_FLAGS = FLAG_DEFLATED_PARAMETER_SETS | sum(START_CODE_FLAGS)
 # nal_unit_type of the slice (VCL) NAL units: what follows the parameter sets
 _NAL = {'libx264': ('h264', range(1, 6)), 'libx265': ('hevc', range(0, 32)), 'libvvenc': ('vvc', range(0, 12))}
 _V1_MAGIC = b'VEIC'
@@ -49,13 +49,10 @@ class EICFormatError(ValueError):
 
 def split_parameter_sets(bitstream: bytes, codec: str) -> Tuple[bytes, bytes]:
     """(everything before the first slice NAL unit, the rest) of an Annex-B ``bitstream`` of ``codec``."""
-    from vrpsr_plugin.codecs.encoders import nal_type
+    from vrpsr_plugin.codecs.encoders import nal_units
     nal, vcl = _NAL[codec]
-    for match in re.finditer(b'\x00\x00\x01', bitstream):
-        if nal_type(bitstream, match.end(), nal) in vcl:
-            start = match.start() - 1 if match.start() > 0 and bitstream[match.start() - 1] == 0 else match.start()
-            return bitstream[:start], bitstream[start:]
-    return b'', bitstream
+    start = next((begin for begin, kind in nal_units(bitstream, nal) if kind in vcl), 0)
+    return bitstream[:start], bitstream[start:]
 
 
 @lru_cache(maxsize=None)

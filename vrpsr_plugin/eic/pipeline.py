@@ -9,8 +9,8 @@ predictor would save the decodes but needs its own training data and errs where 
 import json
 import time
 import warnings
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -130,14 +130,15 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(calculate_psnr(a, b, crop_border=0))
 
 
-def _file_size(codec: str, width: int, height: int, coded: Tuple[int, int], bitstream: bytes) -> int:
+def file_size(codec: str, width: int, height: int, coded: Tuple[int, int], bitstream: bytes) -> int:
+    """Bytes of the .vrp file holding ``bitstream``, a picture coded at ``coded`` (h, w) of a width x height one."""
     return len(EICFile(codec, 0, width, height, coded[1], coded[0], bitstream).to_bytes())
 
 
 def fit_budget(lr: np.ndarray, codec: str, budget: int, qp_max: int, encode_kwargs: Dict[str, Any],
-               file_size: Callable[[bytes], int] = len):
+               size_of: Callable[[bytes], int] = len):
     """``find_qp`` for a file of ``budget`` bytes, then the QP stepped up until it fits (None: it never does).
-    ``file_size(bitstream)`` is the size of the file holding a bitstream (default: the bitstream alone)."""
+    ``size_of(bitstream)`` is the size of the file holding a bitstream (default: the bitstream alone)."""
     from vrpsr_plugin.codecs import encode, find_qp
     extra = 0
     for attempt in range(2):  # the second pass corrects for the container's overhead measured in the first
@@ -147,12 +148,14 @@ def fit_budget(lr: np.ndarray, codec: str, budget: int, qp_max: int, encode_kwar
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', RuntimeWarning)  # an unreachable target is handled below
             result = find_qp(lr, codec, target, first_qp=result.qp if attempt else None, **encode_kwargs)
-        if file_size(result.bitstream) - result.num_bytes == extra:
+        size = size_of(result.bitstream)
+        if size - result.num_bytes == extra:
             break
-        extra = file_size(result.bitstream) - result.num_bytes
-    while file_size(result.bitstream) > budget and result.qp < qp_max:
+        extra = size - result.num_bytes
+    while size > budget and result.qp < qp_max:
         result = encode(lr, codec, qp=result.qp + 1, **encode_kwargs)
-    return result if file_size(result.bitstream) <= budget else None
+        size = size_of(result.bitstream)
+    return result if size <= budget else None
 
 
 def encode_image(rgb: np.ndarray, codec: str, decoder: Decoder, bpp: Optional[float] = None,
@@ -193,9 +196,9 @@ def encode_image(rgb: np.ndarray, codec: str, decoder: Decoder, bpp: Optional[fl
         lr = downscale(rgb, size)
         seconds['downscale'] += time.perf_counter() - start
         start = time.perf_counter()
-        file_size = partial(_file_size, codec, width, height, size)
+        size_of = partial(file_size, codec, width, height, size)
         result = encode(lr, codec, qp=int(qp), **kwargs) if qp is not None else \
-            fit_budget(lr, codec, budget, decoder.qp_range[1], kwargs, file_size)
+            fit_budget(lr, codec, budget, decoder.qp_range[1], kwargs, size_of)
         seconds['codec'] += time.perf_counter() - start
         s_true = (height * width / (size[0] * size[1])) ** 0.5
         if result is None or result.qp < decoder.qp_range[0]:
@@ -203,7 +206,7 @@ def encode_image(rgb: np.ndarray, codec: str, decoder: Decoder, bpp: Optional[fl
         start = time.perf_counter()
         restored = decoder.restore(result.image, codec, result.qp, (height, width), dial)
         seconds['decoder'] += time.perf_counter() - start
-        candidate = Candidate(s_true, int(result.qp), 8.0 * file_size(result.bitstream) / (height * width),
+        candidate = Candidate(s_true, int(result.qp), 8.0 * size_of(result.bitstream) / (height * width),
                               _psnr(restored, rgb))
         tried.append(candidate)
         results.append((size, (result, restored, candidate)))
