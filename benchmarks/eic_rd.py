@@ -16,7 +16,9 @@ On centre crops of photos never trained on (CSet14, then CBSD68; ../shared/data)
 Prints per-method mean bpp / PSNR / MS-SSIM per target, BD-rate of ``assr_eic`` (mean over images of per-image
 BD-rates, pchip; images whose curves do not overlap give no BD-rate and are counted apart, images with a reliability
 note from ``bd_rate`` are counted) against every other method on PSNR and MS-SSIM (also with assr_eic's bitstream
-alone, container not counted, against the bitstream anchors), and whether it beats ``bicubic_vrp`` at every target.
+alone, container not counted, against the bitstream anchors) with a t-test of the per-image BD-rates against 0,
+the paired t-test of assr_eic against ``x265_vrp`` and ``bicubic_vrp`` (same file budget) at each target, and
+whether it beats ``bicubic_vrp`` at every target.
 """
 import argparse
 import json
@@ -126,6 +128,7 @@ def run_image(rgb, targets, decoder, esrgan):
 def summarise(rows: list, targets: list, size: int) -> None:
     """Mean table per target, BD-rates of assr_eic (whole file, and bitstream only) and the bicubic check."""
     from vrpsr_plugin.evaluation.bdrate import bd_rate
+    from vrpsr_plugin.evaluation.stats import paired_ttest
     methods = list(dict.fromkeys(r['method'] for r in rows))
     images = list(dict.fromkeys(r['image'] for r in rows))
     print(f'{len(images)} images ({", ".join(images)}), {size}x{size} centre crops')
@@ -149,8 +152,20 @@ def summarise(rows: list, targets: list, size: int) -> None:
                         values.append(value)
                         notes += bool(note)
                 mean = f'{statistics.mean(values):+.1f}%' if values else 'n/a'
+                p = paired_ttest(values, [0.0] * len(values))['p']
                 print(f'BD-rate assr_eic{label} vs {anchor:11s} on {metric:7s}: {mean} (mean over {len(values)} of '
-                      f'{len(images)} images, {notes} with a reliability note)')
+                      f'{len(images)} images, {notes} with a reliability note; t-test of the per-image BD-rates '
+                      f'against 0: p={p:.2g})')
+    for anchor in ('x265_vrp', 'bicubic_vrp'):  # same file budget: paired by image at each target
+        for metric in ('psnr', 'ms_ssim'):
+            cells = []
+            for t in targets:
+                pairs = [(a[metric], b[metric]) for a in rows for b in rows
+                         if a['method'] == 'assr_eic' and b['method'] == anchor and a['target'] == b['target'] == t
+                         and a['image'] == b['image']]
+                test = paired_ttest(*zip(*pairs)) if pairs else None
+                cells.append(f'{t:g}: {test["mean_diff"]:+.4g} (p={test["p"]:.2g})' if test else f'{t:g}: n/a')
+            print(f'assr_eic - {anchor} on {metric} per target (paired t-test over images): ' + ', '.join(cells))
     wins = [statistics.mean(r['psnr'] for r in rows if r['method'] == 'assr_eic' and r['target'] == t) >
             statistics.mean(r['psnr'] for r in rows if r['method'] == 'bicubic_vrp' and r['target'] == t)
             for t in targets]

@@ -245,3 +245,62 @@ def test_option_files_build(option):
     assert isinstance(net, ASSREICNet) and set(data['codecs']) <= set(net.codecs)
     assert opt['model_type'] == 'ASSREICModel' and data['type'] == 'ASSREICDataset'
     assert data['patch_size'] <= data['lq_size'] and data['scale_range'][0] >= 1
+
+
+@pytest.fixture(scope='module')
+def sd_path(tmp_path_factory):
+    from vrpsr_plugin.archs.tiny_sd import build_sd_folder
+    return build_sd_folder(str(tmp_path_factory.mktemp('tiny_sd')), 'tiny', seed=0)
+
+
+def test_diffusion_decoder_condition_dial_and_file_decode(sd_path, tmp_path):
+    from vrpsr_plugin.archs.assr_eic_diffusion_arch import ASSREICDiffusion
+    torch.manual_seed(0)
+    arch = dict(type='ASSREICDiffusion', pretrained_model_name_or_path=sd_path, lora_rank=4, lora_rank_vae=4,
+                use_prompt=False)
+    net = ASSREICDiffusion(**{k: v for k, v in arch.items() if k != 'type'}).eval()
+    x = torch.rand(1, 3, 12, 16)
+    a, b = assr_condition('libx265', 30, 2.0), assr_condition('libx265', 45, 2.0)
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(x, size=(24, 32), mode='bicubic', align_corners=False).clamp(0, 1)
+        assert torch.equal(net(x, a, dial=0.0), up)  # dial 0: the bicubic picture
+        out_a, out_b = net(x, a), net(x, b)
+        assert out_a.shape == (1, 3, 24, 32) and not torch.allclose(out_a, up, atol=1e-3)
+        assert torch.allclose(out_a, out_b)  # zero-initialised heads (and no prompt): the condition has no effect yet
+        torch.nn.init.normal_(net.time_head.weight, std=0.1)
+        assert not torch.allclose(net(x, a), net(x, b), atol=1e-4)  # through the heads, the rate changes the output
+        assert torch.allclose(net(x, a, dial=0.5), (net(x, a) + up) / 2, atol=1e-5)
+        with pytest.raises(ValueError, match='only up-scales'):
+            net(x, a, out_size=(8, 8))
+    assert net.prompts_for(assr_condition('libvvenc', 40, 4.0)) == ['A libvvenc image coded at QP 40, down-scaled '
+                                                                    '4.00 times.']
+    torch.save({'params': net.state_dict()}, tmp_path / 'net.pth')
+    assert not any(k.startswith(('unet.conv_in.weight', 'vae.decoder')) for k in net.state_dict())  # base not saved
+    export_decoder(str(tmp_path / 'net.pth'), arch, str(tmp_path / 'dec.safetensors'), ['libx265'], (1.0, 4.0),
+                   (20, 51), 'test')
+    decoder = load_decoder(tmp_path / 'dec.safetensors')
+    rgb = crop(skdata.astronaut(), 64, 100, 150)
+    result = encode_image(rgb, 'libx265', decoder, bpp=0.3, scales=(1, 2))
+    assert np.array_equal(decode_bytes(result.data, decoder, name='x.vrp'), result.restored)
+    assert result.restored.shape == rgb.shape
+
+
+def test_diffusion_decoder_trains_through_train_py(sd_path, tmp_path):
+    from vrpsr_plugin.data.demo_images import write_demo_images
+    write_demo_images(tmp_path / 'train', size=96, per_photo=1, names=['astronaut', 'coffee'])
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(tmp_path)}
+    force = ['train:total_iter=2', 'logger:save_checkpoint_freq=2', 'logger:use_tb_logger=false',
+             'logger:print_freq=1', 'train:net_d_init_iters=0', f'datasets:train:dataroot_gt={tmp_path / "train"}',
+             'datasets:train:num_worker_per_gpu=0', 'datasets:train:batch_size_per_gpu=2', 'datasets:train:lq_size=24',
+             'datasets:train:patch_size=16', 'datasets:train:scale_range=[1,3]', "datasets:train:codecs=['libx265']",
+             f'network_g:pretrained_model_name_or_path={sd_path}', 'network_g:lora_rank=4', 'network_g:lora_rank_vae=4',
+             'network_g:gradient_checkpointing=false', 'network_g:autocast_dtype=~', 'network_d:num_feat=8',
+             'dist_params:backend=gloo']
+    proc = subprocess.run([sys.executable, '-m', 'vrpsr_plugin.train', '-opt',
+                           str(REPO / 'options/assr_eic_diffusion.yml'), '--force_yml', *force],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert 'l_pix' in log and 'l_g_gan' in log and 'will not be optimized' not in log
+    state = torch.load(tmp_path / 'experiments/assr_eic_diffusion/models/net_g_2.pth', map_location='cpu')['params']
+    assert state and all('.lora_' in k or k.startswith(('film_', 'time_head')) for k in state)  # LoRA and heads only

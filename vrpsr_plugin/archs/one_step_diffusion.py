@@ -150,6 +150,7 @@ class OneStepCodecDiffusion(nn.Module):
         train_unet_conv_in: the UNet's conv_in is trained (and saved) in full, as S3Diff does.
     """
     codec_aware = True
+    extra_scalars = 0  # condition scalars after [one-hot(codec), bpp] (a subclass with a richer condition sets it)
 
     def __init__(self, pretrained_model_name_or_path: str, lora_rank: int = 32, lora_rank_vae: Optional[int] = 16,
                  lora_alpha: Optional[float] = None, codecs: Sequence[str] = CONDITION_CODECS, film: bool = True,
@@ -209,7 +210,8 @@ class OneStepCodecDiffusion(nn.Module):
             self.vae.add_adapter(LoraConfig(r=lora_rank_vae, lora_alpha=alpha or lora_rank_vae,
                                             init_lora_weights='gaussian', target_modules=VAE_LORA_TARGETS))
 
-        self.embedding = CodecEmbedding(num_scalars=len(self.codecs) + 1, dim_per_scalar=embed_dim_per_scalar)
+        self.embedding = CodecEmbedding(num_scalars=len(self.codecs) + 1 + self.extra_scalars,
+                                        dim_per_scalar=embed_dim_per_scalar)
         self._film_context = _FilmContext()
         self.film_trunk = None
         self.film_heads = nn.ModuleDict()
@@ -370,7 +372,7 @@ class OneStepCodecDiffusion(nn.Module):
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, cond: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
         """x: B x 3 x H x W in [0, 1]; cond: B x (len(codecs)+1); returns the one-step output, same size."""
-        check_image_and_condition(x, cond, len(self.codecs) + 1)
+        check_image_and_condition(x, cond, len(self.codecs) + 1 + self.extra_scalars)
         prompts = self.prompts_for(cond, prompts)
         text = self.encode_prompts(prompts if self.use_prompt else [''] * len(prompts))
         if self.tile_size is not None and max(x.shape[-2:]) > self.tile_size:

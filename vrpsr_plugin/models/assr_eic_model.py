@@ -15,10 +15,13 @@ from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from vrpsr_plugin.models.schedule import build_optimizer
+
 
 @MODEL_REGISTRY.register()
 class ASSREICModel(SRModel):
-    """Trains :class:`~vrpsr_plugin.archs.assr_eic_arch.ASSREICNet` (options: train.fidelity_weight, pixel_opt,
+    """Trains :class:`~vrpsr_plugin.archs.assr_eic_arch.ASSREICNet` or
+    :class:`~vrpsr_plugin.archs.assr_eic_diffusion_arch.ASSREICDiffusion` (options: train.fidelity_weight, pixel_opt,
     optional network_d + gan_opt + optim_d + net_d_init_iters)."""
 
     def init_training_settings(self) -> None:
@@ -39,10 +42,12 @@ class ASSREICModel(SRModel):
         super().init_training_settings()
 
     def setup_optimizers(self) -> None:
-        super().setup_optimizers()
+        """Adam or AdamW over the parameters that require gradients (the diffusion decoder's LoRA and heads: its SD
+        base is frozen), and over the discriminator."""
+        self.optimizer_g = build_optimizer(self.opt['train']['optim_g'], self.net_g.parameters())
+        self.optimizers.append(self.optimizer_g)
         if self.net_d is not None:
-            optim_opt = dict(self.opt['train']['optim_d'])
-            self.optimizer_d = self.get_optimizer(optim_opt.pop('type'), self.net_d.parameters(), **optim_opt)
+            self.optimizer_d = build_optimizer(self.opt['train']['optim_d'], self.net_d.parameters())
             self.optimizers.append(self.optimizer_d)
 
     def feed_data(self, data: Dict[str, Any]) -> None:
