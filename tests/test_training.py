@@ -244,3 +244,29 @@ def test_test_pipeline_runs_vrpsr_model_and_saves_images(tmp_path):
     folder = tmp_path / 'results/smoke_test_vrpsr/visualization/demo_val'
     names = sorted(p.name for p in folder.glob('*.png'))
     assert len(names) == 2 and names[0].endswith('_recompressed.png') and names[1].endswith('_sr.png'), names
+
+
+def _main_job_option(name):
+    return yaml.safe_load((REPO / 'options' / 'main_job' / f'{name}.yml').read_text())
+
+
+@pytest.mark.parametrize('suffix', ['', '_gan'])
+def test_main_job_pairs_differ_only_by_the_codec_in_the_loop(suffix):
+    """VRPSR and its non-aware baseline: same net, data, losses, optimiser, steps and seed (the ablation)."""
+    aware, plain = _main_job_option(f'vrpsr{suffix}'), _main_job_option(f'baseline{suffix}')
+    assert aware.pop('name') == f'main_vrpsr{suffix}' and plain.pop('name') == f'main_baseline{suffix}'
+    assert aware.pop('network_sim')['type'] == 'RateAwareCodecSimulator'
+    for key in ('pretrain_network_sim', 'param_key_sim'):
+        aware['path'].pop(key)
+    assert aware['train'].pop('codec_in_loop') and not plain['train'].pop('codec_in_loop')
+    assert aware['train'].pop('condition_embedding') and not plain['train'].pop('condition_embedding')
+    aware['train'].pop('pre_codec_weight')
+    assert aware == plain
+
+
+def test_main_job_gan_pair_adds_only_the_discriminator():
+    for name in ('vrpsr', 'baseline'):
+        gan, mse = _main_job_option(f'{name}_gan'), _main_job_option(name)
+        assert gan.pop('network_d')['type'] == 'UNetDiscriminatorSN' and gan['train'].pop('optim_d')
+        assert gan['train'].pop('perceptual_opt')['gan_weight'] > 0 and mse['train'].pop('perceptual_opt')['mse_only']
+        assert gan.pop('name') == mse.pop('name') + '_gan' and gan == mse

@@ -7,9 +7,11 @@
 3. §3.4: the SR -> codec -> post-processing sandwich trained jointly (post_joint.yml) against its ablation with
    the SR net frozen (post_sr_then_post.yml), same post net and steps;
 4. the rate-matched comparison (``vrpsr eval``'s protocol, Eq. 1-2) on held-out photos with real x264 and x265 at
-   4 source QPs: BD-rates with their reliability, paired t-tests and RD plots (results.md / rd_*.png per run).
+   4 source QPs: BD-rates with their reliability, paired t-tests and RD plots (results.md / rd_*.png per run);
+5. with ``--gan`` (about 25 more minutes): the same VRPSR-vs-baseline pair with a GAN term beside the MSE
+   (vrpsr_gan.yml / baseline_gan.yml; the discriminator judges f(g(X~), c) resp. g(X~)), compared the same way.
 
-    python -m vrpsr_plugin.main_job [--out DIR] [--train-data DIR] [--test-data DIR] [--scale-iters F]
+    python -m vrpsr_plugin.main_job [--out DIR] [--train-data DIR] [--test-data DIR] [--scale-iters F] [--gan]
 
 Data: ../shared/data (TrainPhotos for training, CBSD68 for testing) when present beside the repository, else
 scikit-image's bundled photos (a much smaller demo). The work folder defaults to the user's cache
@@ -28,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options' / 'main_job'
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 ITERS = {'stage1_simulator': 0, 'pretrain': 800, 'baseline': 400, 'vrpsr': 400, 'post_sr_then_post': 500,
-         'post_joint': 500}
+         'post_joint': 500, 'baseline_gan': 400, 'vrpsr_gan': 400}
 
 
 def default_out() -> Path:
@@ -138,6 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--qps', nargs='+', type=int, default=[27, 32, 37, 42], help='source QPs')
     parser.add_argument('--codecs', nargs='+', default=['libx264', 'libx265'])
     parser.add_argument('--scale-iters', type=float, default=1.0, help='multiply every training length')
+    parser.add_argument('--gan', action='store_true', help='also the VRPSR-vs-baseline pair with a GAN term')
     args = parser.parse_args(argv)
     root = (args.out or default_out()).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -172,9 +175,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines = ['', f'== Rate-matched comparison on {len(list_images(data["test"]))} held-out photos ({args.size} px, '
                  'real codecs, find_qp to the source rate; negative BD-rate = fewer bits for the same quality) ==']
     lines += summary_lines(sr, 'vrpsr') + summary_lines(post, 'joint')
+    if args.gan:
+        gan_nets = {name: str(train(root, name, iters[name], train_set, log) / 'net_g_latest.pth')
+                    for name in ('baseline_gan', 'vrpsr_gan')}
+        lines += summary_lines(evaluate(root / 'eval_gan', gan_nets, {}, **common), 'vrpsr_gan')
+    reports = [str(root / run / 'results.md') for run in ('eval_sr', 'eval_post', 'eval_gan')[:3 if args.gan else 2]]
     lines += ['', *log, f'total wall time: {time.time() - start:.0f} s',
-              f'tables, paired t-tests and RD plots: {root / "eval_sr" / "results.md"}, '
-              f'{root / "eval_post" / "results.md"}']
+              f'tables, paired t-tests and RD plots: {", ".join(reports)}']
     print('\n'.join(lines), flush=True)
     (root / 'main_job.json').write_text(json.dumps({'fidelity': fidelity_report, 'summary': lines}, indent=1,
                                                    default=str))
