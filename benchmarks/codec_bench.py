@@ -1,11 +1,14 @@
 """Codec layer benchmark: speed per route, rate/quality per QP, and find_qp against plain bisection (Eq. 2).
 
-    python benchmarks/codec_bench.py [--runs 5] [--images 4] [--size 256]
+    python benchmarks/codec_bench.py [--runs 5] [--images 4] [--size 256] [--rate-model SIM.pth]
 
 For each codec and route: median ms of one 512x512 encode+decode (of ``--runs``), and bpp / PSNR at four QPs
 (H.26x and SVT-AV1: QP 22/27/32/37 on their own scales; JPEG: qscale 2/4/8/16; WebP: quality 90/75/50/25).
 Then, over several real photos and a set of target rates: mean encodes per image and mean |bpp error| of
-``find_qp`` and of a plain integer bisection over the same QP range, measured in the same run.
+``find_qp`` and of a plain integer bisection over the same QP range, measured in the same run. With
+``--rate-model`` (a ``RateAwareCodecSimulator`` checkpoint, e.g. the main job's stage 1), also ``find_qp`` started at
+the rate model's q* (``first_qp``) for the codecs it was fitted on: its encodes, and how often its QP is the
+closest one (the bisection's answer; the bpp error is compared, so ties count as closest).
 """
 import argparse
 import os
@@ -67,13 +70,19 @@ def main() -> int:
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--images', type=int, default=4, help='photos for the find_qp part')
     parser.add_argument('--size', type=int, default=256, help='photo size for the find_qp part')
+    parser.add_argument('--rate-model', help='RateAwareCodecSimulator checkpoint: also find_qp from its q*')
+    parser.add_argument('--find-qp-only', action='store_true', help='skip the speed and rate/quality part')
     args = parser.parse_args()
+    rate_model = None
+    if args.rate_model:
+        from vrpsr_plugin.inference import load_model
+        rate_model = load_model(args.rate_model).rate_model
     codecs = available_codecs()
     image = photos(512, 1)[0]
     print(f'codecs: {", ".join(codecs)}; 512x512 astronaut; median of {args.runs} runs; '
           f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores')
     print(f'{"codec":10s} {"route":6s} {"preset":7s} {"ms/enc+dec":>10s}  bpp @ QP / PSNR dB')
-    for codec in codecs:
+    for codec in [] if args.find_qp_only else codecs:
         spec = CODECS[codec]
         routes = ('pyav', 'ffmpeg') if spec.pyav_decoder else ('ffmpeg',)
         qps = QPS.get(codec, (22, 27, 32, 37))
@@ -96,9 +105,11 @@ def main() -> int:
     print(f'\nfind_qp vs bisection: {len(imgs)} photos {args.size}x{args.size}, targets {TARGETS} bpp '
           f'(unreachable targets excluded from the error means)')
     print(f'{"codec":10s} {"find_qp enc":>11s} {"bisect enc":>10s} {"ratio":>6s} {"find_qp |err|":>13s} '
-          f'{"bisect |err|":>12s} {"unreach":>7s} {"s/find_qp":>9s}')
+          f'{"bisect |err|":>12s} {"unreach":>7s} {"s/find_qp":>9s}' +
+          (f' {"q* start enc":>12s} {"ratio":>6s} {"closest":>7s}' if rate_model is not None else ''))
     for codec in codecs:
-        n_f, n_b, e_f, e_b, unreachable, seconds = [], [], [], [], 0, []
+        from vrpsr_plugin.archs.rate_model import qp_hint
+        n_f, n_b, e_f, e_b, unreachable, seconds, n_h, closest = [], [], [], [], 0, [], [], []
         for img in imgs:
             for target in TARGETS:
                 t = time.perf_counter()
@@ -107,6 +118,13 @@ def main() -> int:
                     res = find_qp(img, codec, target)
                 seconds.append(time.perf_counter() - t)
                 bpp_b, count_b = bisect_qp(img, codec, target)
+                hint = qp_hint(rate_model, img, codec, target) if rate_model is not None else None
+                if hint is not None:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter('ignore')
+                        hinted = find_qp(img, codec, target, first_qp=hint)
+                    n_h.append(hinted.num_encodes)
+                    closest.append(abs(hinted.bpp - target) <= abs(bpp_b - target) + 1e-12)
                 n_f.append(res.num_encodes)
                 n_b.append(count_b)
                 if res.reachable:
@@ -116,8 +134,10 @@ def main() -> int:
                     unreachable += 1
         err_f = f'{np.mean(e_f):.4f}' if e_f else 'n/a'
         err_b = f'{np.mean(e_b):.4f}' if e_b else 'n/a'
+        hinted = (f' {np.mean(n_h):12.2f} {np.mean(n_h) / np.mean(n_f):6.2f} {100 * np.mean(closest):6.0f}%' if n_h
+                  else f' {"(not fitted)":>12s}' if rate_model is not None else '')
         print(f'{codec:10s} {np.mean(n_f):11.2f} {np.mean(n_b):10.2f} {np.mean(n_f) / np.mean(n_b):6.2f} '
-              f'{err_f:>13s} {err_b:>12s} {unreachable:7d} {statistics.median(seconds):9.2f}')
+              f'{err_f:>13s} {err_b:>12s} {unreachable:7d} {statistics.median(seconds):9.2f}{hinted}')
     return 0
 
 

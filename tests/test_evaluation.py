@@ -255,3 +255,32 @@ def test_simulator_against_real_codec(tmp_path, data_dir, random_lpips_suite):
              for p in protocol.images]
     assert table['libx264'][0]['metrics']['psnr']['mean'] == pytest.approx(np.mean(psnrs), rel=1e-6)
     assert table['libx264'][1]['bpp']['mean'] < table['libx264'][0]['bpp']['mean']
+
+
+def _items(out):
+    rows = [json.loads(p.read_text()) for p in sorted((out / 'cache' / 'items').rglob('*.json'))]
+    return {(r['image'], r['method'], r['codec'], r['point']): r for r in rows}
+
+
+def test_rate_model_guesses_the_first_qp_and_changes_no_result(tmp_path, data_dir, photos, random_lpips_suite):
+    from vrpsr_plugin.archs.rate_model import DCTRateModel
+    from vrpsr_plugin.models.rate_fit import collect_rate_samples, fit_rate_model
+    rate_model = DCTRateModel(qp_range=(17, 51))
+    fit_rate_model(rate_model, collect_rate_samples(photos, ['libx264'], [22, 27, 32, 37, 42, 47], [96], seed=0),
+                   steps=300)
+    runs = {}
+    for label, model in (('source_qp', None), ('rate_model', rate_model)):
+        cfg = EvalConfig(data=data_dir, out=tmp_path / label, models={'blurred': 'blur', 'bicubic': IDENTITY},
+                         codecs=['libx264'], qps=QPS, size=SIZE)
+        evaluate(Protocol(cfg, {'blurred': BicubicBlur(), 'bicubic': None}, random_lpips_suite(),
+                          restore=restore_direct, rate_model=model), progress=False)
+        runs[label] = _items(tmp_path / label)
+    blurred = [key for key in runs['source_qp'] if key[1] == 'blurred']
+    for key, row in runs['source_qp'].items():
+        assert (runs['rate_model'][key]['qp'], runs['rate_model'][key]['bpp']) == (row['qp'], row['bpp'])
+    encodes = {label: sum(rows[key]['num_encodes'] for key in blurred) for label, rows in runs.items()}
+    assert encodes['rate_model'] < encodes['source_qp'], encodes  # a blurred X' is far from X~'s QP
+    cfg = EvalConfig(data=data_dir, out=tmp_path / 'x', models={'bicubic': IDENTITY}, codecs=['libx264'], size=SIZE,
+                     rate_model='not_a_simulator.pth')
+    with pytest.raises(ValueError, match='not a RateAwareCodecSimulator'):
+        Protocol.from_config(cfg, random_lpips_suite(), loader=lambda path, device: BicubicBlur())

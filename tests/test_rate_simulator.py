@@ -88,6 +88,28 @@ def test_rate_aware_simulator_charges_costly_content(fitted, photo):
         sim(x.detach(), CodecCondition('libx264', 0.01).vector()[None])
 
 
+def test_qp_hint_starts_find_qp_at_the_rate_models_qp(fitted, photos):
+    """The rate model's q* as find_qp's first guess: fewer encodes, the same (closest) QP; None where unfitted."""
+    from vrpsr_plugin.archs.rate_model import qp_hint
+    from vrpsr_plugin.codecs import find_qp
+    model, _ = fitted
+    assert model.fitted.tolist() == [1.0, 0.0, 0.0]  # the fit saw x264 only
+    assert qp_hint(model, photos[2], 'libx265', 0.3) is None
+    plain, hinted = [], []
+    for image in photos[2:]:
+        for target in (0.2, 0.5, 1.0):
+            hint = qp_hint(model, image, 'libx264', target)
+            a, b = find_qp(image, 'libx264', target), find_qp(image, 'libx264', target, first_qp=hint)
+            assert a.qp == b.qp and abs(hint - a.qp) <= 2
+            plain.append(a.num_encodes)
+            hinted.append(b.num_encodes)
+    assert sum(hinted) < sum(plain) and max(hinted) <= 3, (plain, hinted)
+    legacy = {k: v for k, v in model.state_dict().items() if k != 'fitted'}  # written before the mask
+    again = DCTRateModel(qp_range=(17, 51))
+    again.load_state_dict(legacy)
+    assert again.fitted.tolist() == [1.0, 1.0, 1.0]
+
+
 def test_checkpoint_without_rate_model_fails_by_name():
     sim = RateAwareCodecSimulator(num_feat=8, num_block=1)
     state = {k: v for k, v in sim.state_dict().items() if not k.startswith('rate_model.')}

@@ -97,14 +97,15 @@ def prepare_data(root: Path, train_data: Optional[Path], test_data: Optional[Pat
 
 
 def evaluate(out: Path, models: Dict[str, str], post: Dict[str, str], data: Path, size: int, qps: Sequence[int],
-             codecs: Sequence[str]) -> dict:
-    """``vrpsr eval``'s rate-matched protocol (mild degradation, as trained) into ``out``."""
+             codecs: Sequence[str], rate_model: Optional[str] = None) -> dict:
+    """``vrpsr eval``'s rate-matched protocol (mild degradation, as trained) into ``out``; ``rate_model`` (the
+    stage-1 simulator) gives each rate match its first QP."""
     from vrpsr_plugin.evaluation.degrade import DegradationConfig
     from vrpsr_plugin.evaluation.metric_suite import MetricSuite
     from vrpsr_plugin.evaluation.protocol import EvalConfig, Protocol
     from vrpsr_plugin.evaluation.run import evaluate as run_eval
     cfg = EvalConfig(data=data, out=out, models=models, post=post, codecs=list(codecs), qps=list(qps), size=size,
-                     degradation=DegradationConfig(kind='mild'))
+                     degradation=DegradationConfig(kind='mild'), rate_model=rate_model)
     suite = MetricSuite.load(names=('psnr', 'psnr_y', 'ssim', 'ms_ssim'), fid_mode='off')
     return run_eval(Protocol.from_config(cfg, suite), progress=False)
 
@@ -165,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     nets = {name: train(root, name, iters[name], train_set, log) / 'net_g_latest.pth'
             for name in ('baseline', 'vrpsr')}
     posts = {name: train(root, name, iters[name], train_set, log) for name in ('post_sr_then_post', 'post_joint')}
-    common = dict(data=data['test'], size=args.size, qps=args.qps, codecs=args.codecs)
+    common = dict(data=data['test'], size=args.size, qps=args.qps, codecs=args.codecs,
+                  rate_model=str(sim / 'net_g_latest.pth'))
     sr = evaluate(root / 'eval_sr', {'baseline': str(nets['baseline']), 'vrpsr': str(nets['vrpsr']),
                                      'identity': 'identity'}, {}, **common)
     post = evaluate(root / 'eval_post',

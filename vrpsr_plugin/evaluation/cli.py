@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--color-fix', action='store_true',
                         help='also report metrics after an AdaIN colour fix applied after the codec')
     parser.add_argument('--simulator', default=None, help='also evaluate this codec simulator (Table 3, left)')
+    parser.add_argument('--rate-model', default=None, metavar='SIM.pth',
+                        help='a RateAwareCodecSimulator checkpoint whose rate model guesses each rate match\'s '
+                             'first QP (fewer encodes, same results)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (1 is often fastest on a busy machine: small convolutions); '
                              'each worker\'s (default 1) with --workers > 1 or --engine ray')
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = EvalConfig(data=args.data, out=args.out, models=parse_models(args.models), codecs=args.codecs,
                          qps=args.qps, crfs=args.crf, size=args.size, scale=args.scale, baseline=args.baseline,
                          device=args.device, tile=args.tile, color_fix=args.color_fix, bd_method=args.bd_method,
-                         degradation=DegradationConfig(kind=args.degradation), post=parse_models(args.post))
+                         degradation=DegradationConfig(kind=args.degradation), post=parse_models(args.post),
+                         rate_model=args.rate_model)
         suite_kwargs = dict(names=args.metrics, device=args.device, lpips_weights=args.lpips_weights,
                             dists_weights=args.dists_weights, fid_weights=args.fid_weights, fid_mode=args.fid,
                             fid_patch=args.fid_patch or min(256, args.size // 2))

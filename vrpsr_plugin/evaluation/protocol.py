@@ -66,6 +66,7 @@ class EvalConfig:
     bd_method: str = 'pchip'
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     post: Dict[str, str] = field(default_factory=dict)  # method -> post-processing net h after the codec (§3.4)
+    rate_model: Optional[str] = None  # a RateAwareCodecSimulator checkpoint: its R(X, q) gives find_qp's first QP
 
     def points(self) -> List[Point]:
         return [Point('qp', int(q)) for q in self.qps] + [Point('crf', int(c)) for c in self.crfs]
@@ -141,10 +142,12 @@ class Protocol:
 
     def __init__(self, cfg: EvalConfig, models: Dict[str, Optional[torch.nn.Module]], suite: MetricSuite,
                  restore: Callable = default_restore,
-                 post_models: Optional[Dict[str, torch.nn.Module]] = None) -> None:
+                 post_models: Optional[Dict[str, torch.nn.Module]] = None,
+                 rate_model: Optional[torch.nn.Module] = None) -> None:
         if not models:
             raise ValueError('at least one model is needed')
         self.cfg, self.models, self.suite, self.restore = cfg, models, suite, restore
+        self.rate_model = rate_model  # a DCTRateModel: find_qp's first guess (never its answer)
         self.post_models = dict(post_models or {})
         unknown = sorted(set(self.post_models) - set(models))
         if unknown:
@@ -173,7 +176,14 @@ class Protocol:
         for model in [*models.values(), *post.values()]:
             if model is not None:
                 model.eval()
-        return cls(cfg, models, suite, post_models=post)
+        rate_model = None
+        if cfg.rate_model is not None:
+            simulator = loader(cfg.rate_model, 'cpu')
+            if not hasattr(simulator, 'rate_model'):
+                raise ValueError(f'--rate-model {cfg.rate_model} is a {type(simulator).__name__}, not a '
+                                 'RateAwareCodecSimulator with a fitted rate model')
+            rate_model = simulator.rate_model.eval()
+        return cls(cfg, models, suite, post_models=post, rate_model=rate_model)
 
     # ---------------------------------------------------------------- cache identity
     def _check_cache_identity(self) -> None:
@@ -255,7 +265,8 @@ class Protocol:
         hr, src = self.hr(path), self.source(path, codec, point)
         target_bpp = 8.0 * src['num_bytes'] / (hr.shape[0] * hr.shape[1])
         restored = self.restored(name, path, codec, point, target_bpp)
-        result = codec_api.find_qp(restored, codec, target_bpp, first_qp=src.get('qp'))  # X~'s QP: a close guess
+        result = codec_api.find_qp(restored, codec, target_bpp, first_qp=self.first_qp(restored, codec, target_bpp,
+                                                                                   src.get('qp')))
         final = self.post_process(name, result.image, codec, target_bpp)
         row = {'image': path.stem, 'method': name, 'codec': codec, 'mode': point.mode, 'point': point.value,
                'source_bpp': src['bpp'], 'target_bpp': target_bpp, 'bpp': float(result.bpp),
@@ -270,6 +281,17 @@ class Protocol:
                 cache.write_npy(file.with_name(f'{path.stem}.cf.npy'), self.suite.features(fixed))
         cache.write_json(file, row)
         return row
+
+    def first_qp(self, restored: np.ndarray, codec: str, target_bpp: float,
+                 source_qp: Optional[int]) -> Optional[int]:
+        """find_qp's first guess for X': the rate model's q* (about 2 encodes per call) when it was fitted for
+        ``codec``, else X~'s QP (about 3); the guess never changes the QP found."""
+        if self.rate_model is not None:
+            from vrpsr_plugin.archs.rate_model import qp_hint
+            hint = qp_hint(self.rate_model, restored, codec, target_bpp)
+            if hint is not None:
+                return hint
+        return source_qp
 
     def post_process(self, name: str, decoded: np.ndarray, codec: str, target_bpp: float) -> np.ndarray:
         """What the viewer gets: the decoded picture, or h(X^, c) for a method with post-processing (§3.4)."""
