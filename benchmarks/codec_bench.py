@@ -1,6 +1,7 @@
 """Codec layer benchmark: speed per route, rate/quality per QP, and find_qp against plain bisection (Eq. 2).
 
-    python benchmarks/codec_bench.py [--runs 5] [--images 4] [--size 256] [--rate-model SIM.pth]
+    python benchmarks/codec_bench.py [--runs 5] [--images 4] [--size 256] [--rate-model SIM.pth] [--find-qp-only]
+        [--codecs libx264 libx265 libvvenc]
 
 For each codec and route: median ms of one 512x512 encode+decode (of ``--runs``), and bpp / PSNR at four QPs
 (H.26x and SVT-AV1: QP 22/27/32/37 on their own scales; JPEG: qscale 2/4/8/16; WebP: quality 90/75/50/25).
@@ -72,16 +73,18 @@ def main() -> int:
     parser.add_argument('--size', type=int, default=256, help='photo size for the find_qp part')
     parser.add_argument('--rate-model', help='RateAwareCodecSimulator checkpoint: also find_qp from its q*')
     parser.add_argument('--find-qp-only', action='store_true', help='skip the speed and rate/quality part')
+    parser.add_argument('--codecs', nargs='+', help='only these codecs (default: every available one)')
     args = parser.parse_args()
     rate_model = None
     if args.rate_model:
         from vrpsr_plugin.inference import load_model
         rate_model = load_model(args.rate_model).rate_model
-    codecs = available_codecs()
+    codecs = args.codecs or available_codecs()
     image = photos(512, 1)[0]
-    print(f'codecs: {", ".join(codecs)}; 512x512 astronaut; median of {args.runs} runs; '
-          f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores')
-    print(f'{"codec":10s} {"route":6s} {"preset":7s} {"ms/enc+dec":>10s}  bpp @ QP / PSNR dB')
+    print(f'codecs: {", ".join(codecs)}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores')
+    if not args.find_qp_only:
+        print(f'512x512 astronaut; median of {args.runs} runs')
+        print(f'{"codec":10s} {"route":6s} {"preset":7s} {"ms/enc+dec":>10s}  bpp @ QP / PSNR dB')
     for codec in [] if args.find_qp_only else codecs:
         spec = CODECS[codec]
         routes = ('pyav', 'ffmpeg') if spec.pyav_decoder else ('ffmpeg',)

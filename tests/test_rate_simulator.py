@@ -93,7 +93,7 @@ def test_qp_hint_starts_find_qp_at_the_rate_models_qp(fitted, photos):
     from vrpsr_plugin.archs.rate_model import qp_hint
     from vrpsr_plugin.codecs import find_qp
     model, _ = fitted
-    assert model.fitted.tolist() == [1.0, 0.0, 0.0]  # the fit saw x264 only
+    assert model.fitted_codecs == ('libx264',)  # the fit saw x264 only
     assert qp_hint(model, photos[2], 'libx265', 0.3) is None
     plain, hinted = [], []
     for image in photos[2:]:
@@ -104,10 +104,10 @@ def test_qp_hint_starts_find_qp_at_the_rate_models_qp(fitted, photos):
             plain.append(a.num_encodes)
             hinted.append(b.num_encodes)
     assert sum(hinted) < sum(plain) and max(hinted) <= 3, (plain, hinted)
-    legacy = {k: v for k, v in model.state_dict().items() if k != 'fitted'}  # written before the mask
     again = DCTRateModel(qp_range=(17, 51))
-    again.load_state_dict(legacy)
-    assert again.fitted.tolist() == [1.0, 1.0, 1.0]
+    assert again.fitted_codecs == ()
+    again.load_state_dict(model.state_dict())
+    assert again.fitted_codecs == ('libx264',)  # known from the weights alone: older checkpoints too
 
 
 def test_checkpoint_without_rate_model_fails_by_name():

@@ -82,8 +82,7 @@ def qstep(qp: torch.Tensor) -> torch.Tensor:
 
 class DCTRateModel(nn.Module):
     """R(X, q) in bits per pixel for each codec of ``codecs`` (see the module docstring). ``qp_range`` is the QP
-    range it was fitted on; :meth:`forward` refuses QPs outside it. The buffer ``fitted`` marks the codecs the
-    fit saw real encodes of (:func:`~vrpsr_plugin.models.rate_fit.fit_rate_model` sets it)."""
+    range it was fitted on; :meth:`forward` refuses QPs outside it."""
 
     def __init__(self, codecs: Sequence[str] = CONDITION_CODECS, qp_range: Tuple[float, float] = (12.0, 51.0)) -> None:
         super().__init__()
@@ -94,12 +93,14 @@ class DCTRateModel(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(n, 2, BLOCK * BLOCK))
         self.log_header_bits = nn.Parameter(torch.full((n,), 8.0))
         self.log_exponent = nn.Parameter(torch.zeros(n, 2))  # gamma per codec and plane
-        self.register_buffer('fitted', torch.zeros(n))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        if prefix + 'log_weight' in state_dict and prefix + 'fitted' not in state_dict:
-            state_dict[prefix + 'fitted'] = torch.ones(len(self.codecs))  # written before the mask: all taken as fitted
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    @property
+    def fitted_codecs(self) -> Tuple[str, ...]:
+        """The codecs the fit saw encodes of: a codec absent from the fit gets zero gradients, so its parameters
+        keep their initial values exactly."""
+        moved = (self.log_weight != 0).flatten(1).any(1) | (self.log_scale != 0).flatten(1).any(1) \
+            | (self.log_exponent != 0).any(1) | (self.log_header_bits != 8.0)
+        return tuple(c for c, m in zip(self.codecs, moved.tolist()) if m)
 
     def coefficients(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """|DCT| magnitudes (smoothed at 0 for a finite gradient) of luma and chroma: the X-dependent part."""
@@ -147,7 +148,7 @@ def qp_hint(rate_model: DCTRateModel, image, codec: str, bpp: float) -> Optional
     from vrpsr_plugin.codecs.condition import CodecCondition
     from vrpsr_plugin.codecs.encoders import qp_range
     from vrpsr_plugin.codecs.inputs import rgb_to_tensor, to_rgb_uint8
-    if codec not in rate_model.codecs or not float(rate_model.fitted[rate_model.codecs.index(codec)]):
+    if codec not in rate_model.fitted_codecs:
         return None
     device = rate_model.log_weight.device
     x = rgb_to_tensor(to_rgb_uint8(image))[None].to(device)

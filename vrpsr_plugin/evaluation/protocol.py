@@ -265,8 +265,8 @@ class Protocol:
         hr, src = self.hr(path), self.source(path, codec, point)
         target_bpp = 8.0 * src['num_bytes'] / (hr.shape[0] * hr.shape[1])
         restored = self.restored(name, path, codec, point, target_bpp)
-        result = codec_api.find_qp(restored, codec, target_bpp, first_qp=self.first_qp(restored, codec, target_bpp,
-                                                                                   src.get('qp')))
+        first_qp = self.first_qp(name, restored, codec, target_bpp, src.get('qp'))
+        result = codec_api.find_qp(restored, codec, target_bpp, first_qp=first_qp)
         final = self.post_process(name, result.image, codec, target_bpp)
         row = {'image': path.stem, 'method': name, 'codec': codec, 'mode': point.mode, 'point': point.value,
                'source_bpp': src['bpp'], 'target_bpp': target_bpp, 'bpp': float(result.bpp),
@@ -282,11 +282,12 @@ class Protocol:
         cache.write_json(file, row)
         return row
 
-    def first_qp(self, restored: np.ndarray, codec: str, target_bpp: float,
+    def first_qp(self, name: str, restored: np.ndarray, codec: str, target_bpp: float,
                  source_qp: Optional[int]) -> Optional[int]:
-        """find_qp's first guess for X': the rate model's q* (about 2 encodes per call) when it was fitted for
-        ``codec``, else X~'s QP (about 3); the guess never changes the QP found."""
-        if self.rate_model is not None:
+        """find_qp's first guess for X' of method ``name``: X~'s QP for the identity at scale 1 (X' is X~: exact),
+        else the rate model's q* (about 2 encodes per call) when it was fitted for ``codec``, else X~'s QP (about
+        3); the guess never changes the QP found."""
+        if self.rate_model is not None and not (self.models.get(name) is None and self.scale == 1):
             from vrpsr_plugin.archs.rate_model import qp_hint
             hint = qp_hint(self.rate_model, restored, codec, target_bpp)
             if hint is not None:

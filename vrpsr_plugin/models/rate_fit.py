@@ -105,8 +105,8 @@ def rate_errors(model: DCTRateModel, samples: Sequence[RateSample]) -> Dict[str,
 def fit_rate_model(model: DCTRateModel, samples: Sequence[RateSample], steps: int = 300,
                    lr: float = 0.05) -> Dict[str, float]:
     """Least squares on ln(bpp) with Adam over all samples at once (histogrammed magnitudes, see :func:`_design`);
-    sets ``model``'s parameters and its ``fitted`` mask (the samples' codecs) and returns :func:`rate_errors` on
-    ``samples`` (exact magnitudes) after the fit."""
+    sets ``model``'s parameters (those of codecs without samples stay at their initial values) and returns
+    :func:`rate_errors` on ``samples`` (exact magnitudes) after the fit."""
     if not samples:
         raise ValueError('no rate samples to fit')
     counts, crop, pair, onehot, qps, log_bpp, pixels = _design(model, samples)
@@ -118,6 +118,4 @@ def fit_rate_model(model: DCTRateModel, samples: Sequence[RateSample], steps: in
         loss.backward()
         optimizer.step()
         schedule.step()
-    with torch.no_grad():
-        model.fitted.copy_(torch.tensor([float(any(name in s.codecs for s in samples)) for name in model.codecs]))
     return rate_errors(model, samples)
