@@ -166,6 +166,32 @@ def test_ste_forward_is_the_real_codec_and_gradient_the_simulator(workdir, monke
         assert all(p.grad is None for p in model.net_sim.parameters())
 
 
+@pytest.mark.parametrize('gan_on', ['codec_output', 'sr_output'])
+def test_discriminator_judges_the_image_gan_on_names(workdir, monkeypatch, gan_on):
+    """gan_on: codec_output (Eq. 3) gives the discriminator f(g(X~), c); sr_output gives it g(X~, c) itself, for
+    the generator's term and the discriminator's fake term alike."""
+    monkeypatch.chdir(workdir)
+    opt = load_opt('vrpsr.yml', gan_on=gan_on, scheduler={'type': 'constant', 'total_steps': 4})
+    with open(SMOKE / 'vrpsr.yml') as handle:
+        smoke = yaml.load(handle, Loader=ordered_yaml()[0])
+    opt['network_d'], opt['train']['optim_d'] = smoke['network_d'], smoke['train']['optim_d']
+    opt['train']['perceptual_opt']['gan_weight'] = 0.1
+    opt['path']['pretrain_network_sim'] = 'experiments/smoke_train_simulator/models/net_g_latest.pth'
+    model = build_model(opt)
+    seen = []
+    model.net_d.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    model.feed_data(_batch(opt))
+    model.optimize_parameters(1)
+    fake = model.x_prime if gan_on == 'sr_output' else model.output
+    other = model.output if gan_on == 'sr_output' else model.x_prime
+    assert len(seen) == 3 and not torch.allclose(fake, other, atol=1e-4)
+    assert torch.equal(seen[0], fake.detach()) and torch.equal(seen[2], fake.detach())  # generator, D fake
+    assert torch.equal(seen[1], model.target())  # D real: the target X_s
+    opt['train']['gan_on'] = 'decoded'
+    with pytest.raises(ValueError, match='gan_on'):
+        build_model(opt)
+
+
 def test_gradient_accumulation_steps_every_n(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     opt = load_opt('vrpsr.yml', accumulate_grad_batches=2, scheduler={'type': 'constant', 'total_steps': 4})
@@ -270,3 +296,6 @@ def test_main_job_gan_pair_adds_only_the_discriminator():
         assert gan.pop('network_d')['type'] == 'UNetDiscriminatorSN' and gan['train'].pop('optim_d')
         assert gan['train'].pop('perceptual_opt')['gan_weight'] > 0 and mse['train'].pop('perceptual_opt')['mse_only']
         assert gan.pop('name') == mse.pop('name') + '_gan' and gan == mse
+    sr_side, codec_side = _main_job_option('vrpsr_gan_sr'), _main_job_option('vrpsr_gan')
+    assert sr_side['train'].pop('gan_on') == 'sr_output' and 'gan_on' not in codec_side['train']
+    assert sr_side.pop('name') == codec_side.pop('name') + '_sr' and sr_side == codec_side

@@ -8,8 +8,9 @@
    the SR net frozen (post_sr_then_post.yml), same post net and steps;
 4. the rate-matched comparison (``vrpsr eval``'s protocol, Eq. 1-2) on held-out photos with real x264 and x265 at
    4 source QPs: BD-rates with their reliability, paired t-tests and RD plots (results.md / rd_*.png per run);
-5. with ``--gan`` (about 25 more minutes): the same VRPSR-vs-baseline pair with a GAN term beside the MSE
-   (vrpsr_gan.yml / baseline_gan.yml; the discriminator judges f(g(X~), c) resp. g(X~)), compared the same way.
+5. with ``--gan`` (about 35 more minutes): the same VRPSR-vs-baseline pair with a GAN term beside the MSE
+   (vrpsr_gan.yml / baseline_gan.yml; the discriminator judges f(g(X~), c) resp. g(X~)), and VRPSR with the
+   discriminator on g(X~) (vrpsr_gan_sr.yml), compared the same way.
 
     python -m vrpsr_plugin.main_job [--out DIR] [--train-data DIR] [--test-data DIR] [--scale-iters F] [--gan]
 
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options' / 'main_job'
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 ITERS = {'stage1_simulator': 0, 'pretrain': 800, 'baseline': 400, 'vrpsr': 400, 'post_sr_then_post': 500,
-         'post_joint': 500, 'baseline_gan': 400, 'vrpsr_gan': 400}
+         'post_joint': 500, 'baseline_gan': 400, 'vrpsr_gan': 400, 'vrpsr_gan_sr': 400}
 
 
 def default_out() -> Path:
@@ -179,8 +180,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines += summary_lines(sr, 'vrpsr') + summary_lines(post, 'joint')
     if args.gan:
         gan_nets = {name: str(train(root, name, iters[name], train_set, log) / 'net_g_latest.pth')
-                    for name in ('baseline_gan', 'vrpsr_gan')}
-        lines += summary_lines(evaluate(root / 'eval_gan', gan_nets, {}, **common), 'vrpsr_gan')
+                    for name in ('baseline_gan', 'vrpsr_gan', 'vrpsr_gan_sr')}
+        gan = evaluate(root / 'eval_gan', gan_nets, {}, **common)
+        lines += summary_lines(gan, 'vrpsr_gan') + summary_lines(gan, 'vrpsr_gan_sr')
     reports = [str(root / run / 'results.md') for run in ('eval_sr', 'eval_post', 'eval_gan')[:3 if args.gan else 2]]
     lines += ['', *log, f'total wall time: {time.time() - start:.0f} s',
               f'tables, paired t-tests and RD plots: {", ".join(reports)}']

@@ -17,9 +17,12 @@ trip (2x2 average down, centred bilinear up, as :mod:`vrpsr_plugin.codecs.yuv`),
 chroma of noise. The proxy returns X plus the error it models, mapped back to RGB, so at a fine QP it is that
 colour round trip only and a net trained through it sees the plain MSE gradient there.
 
-When gradients flow into X (training through the simulator) the noise is a fresh draw of torch's generator, so
-that the expected loss is the loss of the codec's error; otherwise (evaluation, fidelity checks) it is one fixed
-draw (seed 0), so the output is deterministic and still has the real codec's error energy.
+With autograd on (training through the simulator, or training a post-processing net on its output) the noise is a
+fresh draw of torch's generator, so that the expected loss is the loss of the codec's error. Under
+``torch.no_grad()`` (evaluation, fidelity checks, a stage-2 target f(X, c')) the output is the conditional mean
+E[C^ | C] = a(r) C: deterministic, the proxy's best guess of the real decode (no independent noise to add error),
+and the same expected gradient as a noisy target. Its distance to X is then smaller than the real codec's by the
+noise it leaves out, so a net must never be trained on it as if it were a decode.
 """
 from typing import Sequence
 
@@ -89,12 +92,10 @@ class DCTQuantizationProxy(nn.Module):
         step = qstep(qp.float())[:, None, None, None]
         r = coef.abs() / step
         shrink = self.along_r(self.at_qp(self.shrink, onehot, qp, plane_index), r)
-        std = self.along_r(self.at_qp(self.noise_std, onehot, qp, plane_index), r) * step
-        if torch.is_grad_enabled() and plane.requires_grad:
-            uniform = torch.rand_like(coef)
-        else:
-            uniform = torch.rand(coef.shape, generator=torch.Generator(coef.device).manual_seed(0), device=coef.device)
-        coded = shrink * coef + std * (2 * uniform - 1) * _UNIFORM_HALF_WIDTH
+        coded = shrink * coef
+        if torch.is_grad_enabled():
+            std = self.along_r(self.at_qp(self.noise_std, onehot, qp, plane_index), r) * step
+            coded = coded + std * (2 * torch.rand_like(coef) - 1) * _UNIFORM_HALF_WIDTH
         return block_idct(coded - coef, *plane.shape[-2:])
 
     def forward(self, x: torch.Tensor, onehot: torch.Tensor, qp: torch.Tensor) -> torch.Tensor:

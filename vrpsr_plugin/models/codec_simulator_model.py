@@ -115,13 +115,18 @@ class CodecLoopModel(AccumulationMixin, SRModel):
         """Loss terms beside Delta_S(prediction, target) for the batch :meth:`forward_train` just ran (none here)."""
         return {}
 
+    def discriminator_input(self, pred: torch.Tensor) -> torch.Tensor:
+        """What the discriminator judges against the target for the batch just run: the prediction here."""
+        return pred
+
     def optimize_parameters(self, current_iter: int) -> None:
         """One micro-batch: generator (and discriminator) backward; optimiser/scheduler/EMA step when due."""
         if self.net_d is not None:
             self.net_d.requires_grad_(False)
         pred, target = self.forward_train()
         self.output = pred
-        fake_logits = self.net_d(pred) if self.cri_perceptual.uses_gan else None
+        fake = self.discriminator_input(pred) if self.cri_perceptual.uses_gan else None
+        fake_logits = self.net_d(fake) if fake is not None else None
         loss_dict = self.cri_perceptual.terms(pred, target, fake_logits)
         loss_dict.update(self.extra_loss_terms())
         l_total = sum(loss_dict.values())
@@ -134,7 +139,7 @@ class CodecLoopModel(AccumulationMixin, SRModel):
             self.net_d.requires_grad_(True)
             gan = self.cri_perceptual.gan_loss
             l_d_real = gan(self.net_d(target.detach()), True, is_disc=True)
-            l_d_fake = gan(self.net_d(pred.detach()), False, is_disc=True)
+            l_d_fake = gan(self.net_d(fake.detach()), False, is_disc=True)
             self.backward(l_d_real + l_d_fake)
             loss_dict['l_d_real'], loss_dict['l_d_fake'] = l_d_real, l_d_fake
         if self.is_step_due(current_iter):

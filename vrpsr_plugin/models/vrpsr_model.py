@@ -9,7 +9,8 @@ Options (``train``), each an ablation of Table 5 / Table 3:
 ``ste_rate: find_qp | qp`` (match the bpp in c, or reuse the sampled QP), ``joint`` (also update f_theta),
 ``supervision: simulator | real_codec | clean`` (X_s = f(X, c'), the real codec output of X at q-10, or X),
 ``condition_embedding: false`` (g gets cond=None), ``pre_codec_weight`` (adds w * MSE(X', X), see
-:meth:`VRPSRModel.extra_loss_terms`), ``codec_in_loop: false`` (the non-aware baseline: plain
+:meth:`VRPSRModel.extra_loss_terms`), ``gan_on: codec_output | sr_output`` (the discriminator judges X^', as Eq. 3,
+or X' before the codec; beyond the paper), ``codec_in_loop: false`` (the non-aware baseline: plain
 fine-tuning on Delta_S(X', X), no simulator, same validation). Validation runs the *real* codec on X' at the QP whose rate
 matches the source's (Eq. 2, ``find_qp``) and logs bpp, PSNR and LPIPS of the recompressed output.
 Data: :class:`~vrpsr_plugin.data.recompression_sr_dataset.RecompressionSRDataset`.
@@ -25,6 +26,7 @@ from torch import nn
 from vrpsr_plugin.models.codec_simulator_model import CodecLoopModel, run_net
 
 _SUPERVISION = ('simulator', 'real_codec', 'clean')
+_GAN_ON = ('codec_output', 'sr_output')
 
 
 def fingerprint(net: nn.Module) -> torch.Tensor:
@@ -67,6 +69,9 @@ class VRPSRModel(CodecLoopModel):
             raise ValueError(f'train.supervision must be one of {_SUPERVISION}, got {self.supervision!r}')
         if self.ste_rate not in ('find_qp', 'qp'):
             raise ValueError(f"train.ste_rate must be 'find_qp' or 'qp', got {self.ste_rate!r}")
+        self.gan_on = train_opt.get('gan_on', 'codec_output')
+        if self.gan_on not in _GAN_ON:
+            raise ValueError(f'train.gan_on must be one of {_GAN_ON}, got {self.gan_on!r}')
         self.codec_in_loop = bool(train_opt.get('codec_in_loop', True))
         if not self.codec_in_loop and (self.ste or self.joint or self.supervision != 'clean'):
             raise ValueError('codec_in_loop: false is plain fine-tuning: it needs supervision: clean, '
@@ -182,6 +187,11 @@ class VRPSRModel(CodecLoopModel):
         if weight <= 0 or self.net_sim is None:
             return {}
         return {'l_pre_codec': weight * nn.functional.mse_loss(self.x_prime, self.gt)}
+
+    def discriminator_input(self, pred: torch.Tensor) -> torch.Tensor:
+        """X^' (``gan_on: codec_output``, Eq. 3) or X' = g(X~, c) before the codec (``gan_on: sr_output``): the
+        discriminator then asks for realistic detail in what g sends, not for detail that survives the simulator."""
+        return self.x_prime if self.gan_on == 'sr_output' else pred
 
     # ----------------------------------------------------------------- validation (Eq. 2 with the real codec)
     def after_codec(self, decoded: torch.Tensor) -> torch.Tensor:
