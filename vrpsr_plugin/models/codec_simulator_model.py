@@ -125,8 +125,8 @@ class CodecLoopModel(AccumulationMixin, SRModel):
             self.net_d.requires_grad_(False)
         pred, target = self.forward_train()
         self.output = pred
-        fake = self.discriminator_input(pred) if self.cri_perceptual.uses_gan else None
-        fake_logits = self.net_d(fake) if fake is not None else None
+        fake = self.discriminator_input(pred)
+        fake_logits = self.net_d(fake) if self.cri_perceptual.uses_gan else None
         loss_dict = self.cri_perceptual.terms(pred, target, fake_logits)
         loss_dict.update(self.extra_loss_terms())
         l_total = sum(loss_dict.values())
