@@ -190,6 +190,10 @@ def test_discriminator_judges_the_image_gan_on_names(workdir, monkeypatch, gan_o
     opt['train']['gan_on'] = 'decoded'
     with pytest.raises(ValueError, match='gan_on'):
         build_model(opt)
+    if gan_on == 'sr_output':  # with a post net, g's output is not what the viewer sees: refused, not ignored
+        post = load_opt('vrpsr_post_joint.yml', gan_on=gan_on)
+        with pytest.raises(ValueError, match="judges h's output"):
+            build_model(post)
 
 
 def test_gradient_accumulation_steps_every_n(workdir, monkeypatch):

@@ -35,6 +35,9 @@ class VRPSRPostModel(VRPSRModel):
         self.mode = train_opt.get('mode', 'joint')
         if self.mode not in _MODES:
             raise ValueError(f'train.mode must be one of {_MODES}, got {self.mode!r}')
+        if train_opt.get('gan_on', 'codec_output') != 'codec_output':
+            raise ValueError("VRPSRPostModel: the discriminator judges h's output, what the viewer sees; "
+                             f"train.gan_on must be codec_output, got {train_opt['gan_on']!r}")
         self.net_sr = self._build_sr()
         super().init_training_settings()
 
