@@ -9,7 +9,10 @@ Then, over several real photos and a set of target rates: mean encodes per image
 ``find_qp`` and of a plain integer bisection over the same QP range, measured in the same run. With
 ``--rate-model`` (a ``RateAwareCodecSimulator`` checkpoint, e.g. the main job's stage 1), also ``find_qp`` started at
 the rate model's q* (``first_qp``) for the codecs it was fitted on: its encodes, and how often its QP is the
-closest one (the bisection's answer; the bpp error is compared, so ties count as closest).
+closest one (the bisection's answer; the bpp error is compared, so ties count as closest). Then the rate match of
+Eq. 2 as ``vrpsr eval`` runs it: X~ (each photo's mild degradation) coded at QP 27/32/37/42 sets the target, and
+find_qp codes X' = the photo at it, started at X~'s QP, at q*, and at q* calibrated on X~'s encode (``qp_hint``'s
+``reference``); every start must find the same QP.
 """
 import argparse
 import os
@@ -28,6 +31,7 @@ from basicsr.metrics import calculate_psnr  # noqa: E402  (after vrpsr_plugin: i
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 QPS = {'jpeg': (2, 4, 8, 16), 'libwebp': (90, 75, 50, 25)}
 TARGETS = (0.1, 0.2, 0.4, 0.8)
+SOURCE_QPS = (27, 32, 37, 42)
 
 
 def photos(size: int, count: int) -> list:
@@ -141,7 +145,39 @@ def main() -> int:
                   else f' {"(not fitted)":>12s}' if rate_model is not None else '')
         print(f'{codec:10s} {np.mean(n_f):11.2f} {np.mean(n_b):10.2f} {np.mean(n_f) / np.mean(n_b):6.2f} '
               f'{err_f:>13s} {err_b:>12s} {unreachable:7d} {statistics.median(seconds):9.2f}{hinted}')
+    if rate_model is not None:
+        rate_matched(rate_model, imgs, codecs)
     return 0
+
+
+def rate_matched(rate_model, imgs: list, codecs: list) -> None:
+    """Eq. 2's rate match: encodes per call of find_qp on X' (the photo) at the bpp of X~ (its mild degradation)
+    at each source QP, per first guess; a start that finds another QP than the others is an error."""
+    from vrpsr_plugin.archs.rate_model import qp_hint
+    from vrpsr_plugin.evaluation.degrade import DegradationConfig, degrade
+    print(f'\nrate match of Eq. 2: X~ = mild degradation of each of the {len(imgs)} photos coded at QP {SOURCE_QPS}, '
+          f'find_qp on X\' = the photo at X~\'s bpp; encodes per call by first guess')
+    print(f'{"codec":10s} {"X~ QP":>7s} {"q*":>7s} {"q* calibrated on X~":>20s}')
+    for codec in codecs:
+        if codec not in rate_model.fitted_codecs:
+            print(f'{codec:10s} (not fitted)')
+            continue
+        counts = {'source': [], 'q*': [], 'calibrated': []}
+        for i, img in enumerate(imgs):
+            lq = degrade(img, 1, i, DegradationConfig(kind='mild'))
+            for qp in SOURCE_QPS:
+                src = encode(lq, codec, qp=qp)
+                starts = {'source': src.qp, 'q*': qp_hint(rate_model, img, codec, src.bpp),
+                          'calibrated': qp_hint(rate_model, img, codec, src.bpp, reference=(lq, qp, src.bpp))}
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore')
+                    found = {k: find_qp(img, codec, src.bpp, first_qp=q) for k, q in starts.items()}
+                if len({r.qp for r in found.values()}) != 1:
+                    raise AssertionError(f'{codec}: the first guess changed the QP found: {found}')
+                for k, r in found.items():
+                    counts[k].append(r.num_encodes)
+        print(f'{codec:10s} {np.mean(counts["source"]):7.2f} {np.mean(counts["q*"]):7.2f} '
+              f'{np.mean(counts["calibrated"]):20.2f}')
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from vrpsr_plugin.codecs import CODECS, CONDITION_CODECS, CodecCondition, encode, find_qp, qp_range
+from vrpsr_plugin.codecs.condition import stream_bpp
 from vrpsr_plugin.codecs.video import PRESETS, VIDEO_CODECS, encode_video, kbps_to_bpp, write_video
 from vrpsr_plugin.export import export_plain, max_fold_error
 from vrpsr_plugin.inference import load_model, restore, tile_geometry, tile_starts
@@ -186,7 +187,9 @@ class CodecConditionNode:
     or the mean per-frame bpp of a video bitrate (an approximation: the nets are trained on intra pictures)."""
     DESCRIPTION = ('The codec condition c = (codec, bpp) the VRPSR networks take (§3.2.2). bpp mode: the number as '
                    'given. qp mode: each reference image X~ is encoded with the real codec at qp; its measured rate '
-                   'R_bar (Eq. 1) divided by upscale_factor² is the bpp the upscaled image must keep (Eq. 2). '
+                   'R_bar (Eq. 1) divided by upscale_factor² is the bpp the upscaled image must keep (Eq. 2), '
+                   'less the codec\'s fixed per-picture header (so that the condition means the same QP at any '
+                   'size; Recompress adds it back). '
                    'video_kbps mode: the per-frame bpp of a video at kbps and fps, 1000·kbps / (fps·W·H) with W×H '
                    'the reference size times upscale_factor. This is an approximation: a video spends its bits '
                    'unevenly over I, P and B pictures, while the simulator and SR nets are trained on intra '
@@ -239,7 +242,8 @@ class CodecConditionNode:
         for frame in to_bchw(reference):
             bridge.throw_if_interrupted()
             result = encode(frame.cpu(), codec, qp=qp)
-            conditions.append(CodecCondition(codec, float(result.bpp) / factor ** 2, qp=qp))
+            pixels = frame.shape[-2] * frame.shape[-1] * factor ** 2
+            conditions.append(CodecCondition.from_stream(codec, float(result.bpp) / factor ** 2, pixels, qp=qp))
         return (VRPSRCondition(tuple(conditions)),)
 
 
@@ -313,7 +317,8 @@ class Recompress:
         if mode == 'condition':
             if condition is None:
                 raise ValueError('mode "condition" needs a VRPSR_CONDITION input')
-            targets = [(c.codec, c.bpp) for c in condition.for_batch(frames.shape[0])]
+            pixels = frames.shape[-2] * frames.shape[-1]  # the condition leaves out the stream header: add it back
+            targets = [(c.codec, stream_bpp(c.codec, c.bpp, pixels)) for c in condition.for_batch(frames.shape[0])]
         else:
             targets = [(codec, bpp)] * frames.shape[0]
         results = []
@@ -332,7 +337,8 @@ class Recompress:
         decoded = torch.stack([r.tensor() for r in results]).float()
         mean_bpp = sum(float(r.bpp) for r in results) / len(results)
         total_bytes = sum(int(r.num_bytes) for r in results)
-        measured = VRPSRCondition(tuple(CodecCondition(r.codec, float(r.bpp), qp=r.qp) for r in results))
+        measured = VRPSRCondition(tuple(CodecCondition.from_stream(r.codec, float(r.bpp), r.image.shape[0] *
+                                                                   r.image.shape[1], qp=r.qp) for r in results))
         entries = [{'codec': r.codec, 'qp': r.qp, 'crf': r.crf, 'bpp': float(r.bpp), 'bytes': int(r.num_bytes),
                     'target_bpp': r.target_bpp, 'reachable': bool(r.reachable), 'num_encodes': int(r.num_encodes)}
                    for r in results]

@@ -15,7 +15,7 @@ from skimage import data as skdata
 
 from tests.conftest import crop
 from vrpsr_plugin import cli
-from vrpsr_plugin.codecs import (CODECS, CodecError, CodecTimeoutError, EncoderUnavailableError,
+from vrpsr_plugin.codecs import (CODECS, CodecCondition, CodecError, CodecTimeoutError, EncoderUnavailableError,
                                  FFmpegNotFoundError, available_codecs, encode, find_qp, load_image, qp_range)
 from vrpsr_plugin.codecs.ffmpeg_route import resolve_ffmpeg
 
@@ -172,6 +172,28 @@ def test_tensor_input_is_rounded_not_floored(photo):
     assert (photo == 255).any()  # the floor/round difference is exercised
     a, b = encode(tensor, 'libx264', qp=20), encode(expected, 'libx264', qp=20)
     assert a.bitstream == b.bitstream
+
+
+@pytest.mark.parametrize('codec', ['libx264', 'libx265'])
+def test_condition_bpp_means_the_same_at_every_picture_size(codec):
+    """The condition leaves out the per-picture header (measured: a flat picture's stream), so 64-px tiles and
+    their 256-px picture get nearly the same condition at one QP, where their stream bpps differ by 20-110%."""
+    from vrpsr_plugin.codecs.condition import picture_header_bits, stream_bpp
+    header = picture_header_bits(codec)
+    assert 300 <= header <= 1200  # parameter sets + slice header, a few dozen bytes
+    assert header == 8 * encode(np.full((32, 32, 3), 128, np.uint8), codec, qp=qp_range(codec)[1]).num_bytes
+    image = skdata.astronaut()[100:356, 100:356]
+    for qp in (32, 42):
+        whole = encode(image, codec, qp=qp)
+        tiles = [encode(np.ascontiguousarray(image[i:i + 64, j:j + 64]), codec, qp=qp)
+                 for i in range(0, 256, 64) for j in range(0, 256, 64)]
+        stream = np.mean([t.bpp for t in tiles]) / whole.bpp
+        condition = np.mean([CodecCondition.from_stream(codec, t.bpp, 64 * 64).bpp for t in tiles]) \
+            / CodecCondition.from_stream(codec, whole.bpp, 256 * 256).bpp
+        assert stream > 1.2 and abs(condition - 1) < 0.15, (qp, stream, condition)
+        c = CodecCondition.from_stream(codec, whole.bpp, 256 * 256, qp=qp)
+        assert c.qp == qp and stream_bpp(codec, c.bpp, 256 * 256) == pytest.approx(whole.bpp, rel=1e-12)
+    assert CodecCondition.from_stream(codec, 0.01, 32 * 32).bpp == 0.0  # never negative
 
 
 @pytest.mark.parametrize('codec,targets', [('libx264', [0.15, 0.5, 1.3]), ('libx265', [0.15, 0.5, 1.3])])

@@ -21,6 +21,7 @@ from vrpsr_plugin.archs.post_process_arch import CodecPostProcessNet
 from vrpsr_plugin.archs.s3diff_arch import CodecAwareS3Diff
 from vrpsr_plugin.archs.tiny_sd import build_sd_folder
 from vrpsr_plugin.codecs import encode, qp_range
+from vrpsr_plugin.codecs.condition import picture_header_bits
 from vrpsr_plugin.inference import save_model
 
 PACKAGE_DIR = REPO / 'comfy_nodes'
@@ -305,7 +306,9 @@ def check_recompress(node_input: torch.Tensor, outputs: tuple, targets) -> None:
         assert again.num_bytes == entry['bytes']
         assert again.bpp == pytest.approx(entry['bpp']) == pytest.approx(8 * entry['bytes'] / (height * width))
         assert torch.equal(again.tensor(), image[i].movedim(-1, 0))
-        assert measured.conditions[i].bpp == pytest.approx(entry['bpp']) and measured.conditions[i].qp == entry['qp']
+        header = picture_header_bits(entry['codec']) / (height * width)
+        assert measured.conditions[i].bpp == pytest.approx(max(entry['bpp'] - header, 0.0))
+        assert measured.conditions[i].qp == entry['qp']
         if target is not None:
             assert entry['reachable'] and entry['target_bpp'] == pytest.approx(target)
             low, high = qp_range(entry['codec'])
@@ -337,15 +340,17 @@ def test_example_workflows_run(workflow, package, comfy_models, photos):
 
     condition = outputs[by_type['VRPSRCodecCondition']][0]
     qp = prompt[by_type['VRPSRCodecCondition']]['inputs']['qp']
-    for lr, cond in zip(low_res, condition.conditions):  # R_bar of the LR input (Eq. 1) spread over 4x4 more pixels
-        assert cond.bpp == pytest.approx(encode(lr, 'libx264', qp=qp).bpp / 16)
+    header = picture_header_bits('libx264')  # R_bar of the LR input (Eq. 1) over 4x4 more pixels, less the header
+    kept = [encode(lr, 'libx264', qp=qp).bpp / 16 for lr in low_res]  # the bits kept, per pixel of X'
+    for lr, cond, bpp in zip(low_res, condition.conditions, kept):
+        assert cond.bpp == pytest.approx(bpp - header / (16 * lr.shape[0] * lr.shape[1]))
 
     upscaled = outputs[by_type['VRPSRUpscale']][0]
     assert upscaled.shape == (2, 192, 192, 3) and upscaled.dtype == torch.float32
     assert upscaled.device.type == 'cpu' and 0 <= upscaled.min() and upscaled.max() <= 1
 
     recompressed = outputs[by_type['VRPSRRecompress']]
-    check_recompress(upscaled, recompressed, [c.bpp for c in condition.conditions])
+    check_recompress(upscaled, recompressed, kept)  # mode condition: the header added back, the same bits
     check_shown_rates(shown[by_type['VRPSRRecompress']], recompressed)
 
     assert len(saved) == 1

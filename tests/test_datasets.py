@@ -9,6 +9,7 @@ import torch
 
 from vrpsr_plugin import cli
 from vrpsr_plugin.codecs import encode
+from vrpsr_plugin.codecs.condition import picture_header_bits
 from vrpsr_plugin.data.codec_bank import CodecBank, prepare_bank
 from vrpsr_plugin.data.codec_simulator_dataset import CodecSimulatorDataset
 from vrpsr_plugin.data.degradation import HighOrderDegradation, SeparableUSMSharp
@@ -43,9 +44,9 @@ def test_simulator_dataset_on_the_fly(demo):
     assert sample['gt'].shape == sample['codec_out'].shape == (3, 32, 32)
     codec, qp = sample['codec'], sample['qp']
     assert 30 <= qp <= 40 and codec in ('libx264', 'libx265')
-    real = encode(_uint8(sample['gt']), codec, qp=qp)  # the condition is the measured rate (Eq. 4)
+    real = encode(_uint8(sample['gt']), codec, qp=qp)  # the condition is the measured rate (Eq. 4), header left out
     onehot = [1.0 if codec == c else 0.0 for c in ('libx264', 'libx265', 'libvvenc')]
-    assert torch.allclose(sample['cond'], torch.tensor(onehot + [real.bpp]))
+    assert torch.allclose(sample['cond'], torch.tensor(onehot + [real.bpp - picture_header_bits(codec) / 32 ** 2]))
     assert np.array_equal(_uint8(sample['codec_out']), real.image)
     again = ds[1]
     assert all(torch.equal(sample[k], again[k]) for k in ('gt', 'codec_out', 'cond'))
@@ -85,7 +86,8 @@ def test_simulator_dataset_reads_the_bank(demo, tmp_path):
     assert ds.keys == bank.keys
     sample = ds[5]
     decoded, record = bank.coded(ds.keys[5], 'libx264', sample['qp'])
-    assert float(sample['cond'][-1]) == pytest.approx(record['bpp'])
+    # the rate of the bank's whole 32-px picture, header left out
+    assert float(sample['cond'][-1]) == pytest.approx(record['bpp'] - picture_header_bits('libx264') / 32 ** 2)
     assert sample['gt'].shape == sample['codec_out'].shape == (3, 16, 16)
     with pytest.raises(ValueError, match='lacks libx265 qp27, libx265 qp37'):
         CodecSimulatorDataset({**opt, 'codecs': ['libx265']})
@@ -109,8 +111,10 @@ def test_recompression_dataset_conditions(demo, scale):
     assert s['qp_target'] == s['qp'] - 10
     source = encode(_uint8(s['lq']), 'libx264', qp=s['qp'])  # Eq. 1 on X~
     target = encode(_uint8(s['gt']), 'libx264', qp=s['qp_target'])  # c' on X (Eq. 7)
-    assert float(s['cond'][-1]) == pytest.approx(source.bpp / scale ** 2)  # same bit budget on X'
-    assert float(s['cond_target'][-1]) == pytest.approx(target.bpp)
+    header = picture_header_bits('libx264')  # left out of every condition
+    # the same bits on X'
+    assert float(s['cond'][-1]) == pytest.approx((source.bpp - header / (64 // scale) ** 2) / scale ** 2)
+    assert float(s['cond_target'][-1]) == pytest.approx(target.bpp - header / 64 ** 2)
     assert np.array_equal(_uint8(s['lq_codec']), source.image) and np.array_equal(_uint8(s['gt_codec']), target.image)
     assert float(s['cond_target'][-1]) > float(s['cond'][-1])
     again = ds[0]
@@ -143,9 +147,9 @@ def test_degrade_on_model_completes_batches_like_the_dataset(demo, kind):
     codecs, qps = [s['codec'] for s in batch], [s['qp'] for s in batch]
     one, two = complete(gt, codecs, qps, batch_seed_words(seeds)), complete(gt, codecs, qps, batch_seed_words(seeds))
     assert one['lq'].shape == (2, 3, 64, 64) and all(torch.equal(one[k], two[k]) for k in one)
-    for i in (0, 1):  # the condition is the real codec's rate on this X~
+    for i in (0, 1):  # the condition is the real codec's rate on this X~, less the header
         coded = encode(_uint8(one['lq'][i]), codecs[i], qp=qps[i])
-        assert float(one['cond'][i, -1]) == pytest.approx(coded.bpp)
+        assert float(one['cond'][i, -1]) == pytest.approx(coded.bpp - picture_header_bits(codecs[i]) / 64 ** 2)
     with pytest.raises(ValueError, match='degrade_on must be one of'):
         RecompressionSRDataset({**opt, 'degrade_on': 'gpu'})
     with pytest.raises(ValueError, match='training sets only'):

@@ -249,8 +249,11 @@ def test_simulator_against_real_codec(tmp_path, data_dir, random_lpips_suite):
     assert [p['qp'] for p in table['libx264']] == [30, 40]
     hr = protocol.hr(protocol.images[0])
     real = codec_api.encode(hr, 'libx264', qp=30)
-    # the condition is (codec one-hot, the real codec's bpp); an identity "simulator" scores the codec's own PSNR
-    assert torch.allclose(simulator.conds[0], torch.tensor([[1.0, 0.0, 0.0, real.bpp]]))
+    # the condition is (codec one-hot, the real codec's bpp less the header); an identity "simulator" scores the
+    # codec's own PSNR
+    from vrpsr_plugin.codecs.condition import picture_header_bits
+    condition = real.bpp - picture_header_bits('libx264') / (hr.shape[0] * hr.shape[1])
+    assert torch.allclose(simulator.conds[0], torch.tensor([[1.0, 0.0, 0.0, condition]]))
     psnrs = [calculate_psnr(codec_api.encode(protocol.hr(p), 'libx264', qp=30).image, protocol.hr(p), 0)
              for p in protocol.images]
     assert table['libx264'][0]['metrics']['psnr']['mean'] == pytest.approx(np.mean(psnrs), rel=1e-6)

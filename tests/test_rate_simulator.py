@@ -104,6 +104,17 @@ def test_qp_hint_starts_find_qp_at_the_rate_models_qp(fitted, photos):
             plain.append(a.num_encodes)
             hinted.append(b.num_encodes)
     assert sum(hinted) < sum(plain) and max(hinted) <= 3, (plain, hinted)
+    # calibrated on a real encode (Eq. 2: X~ at its QP), the model's error on that picture cancels: on the
+    # picture itself the guess is that QP exactly, wherever the uncalibrated q* lands
+    plain_hits = 0
+    for image in photos[2:]:
+        for qp in (24, 33, 42):
+            real = encode(image, 'libx264', qp=qp)
+            assert qp_hint(model, image, 'libx264', real.bpp, reference=(image, qp, real.bpp)) == qp
+            plain_hits += qp_hint(model, image, 'libx264', real.bpp) == qp
+    assert plain_hits < 3  # the model fitted on two photos misses some of these by itself
+    assert qp_hint(model, image, 'libx264', real.bpp, reference=(image, 60, real.bpp)) == \
+        qp_hint(model, image, 'libx264', real.bpp)  # a reference outside the fitted QPs is not used
     again = DCTRateModel(qp_range=(17, 51))
     assert again.fitted_codecs == ()
     again.load_state_dict(model.state_dict())

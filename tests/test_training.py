@@ -294,6 +294,21 @@ def test_main_job_pairs_differ_only_by_the_codec_in_the_loop(suffix):
     assert aware == plain
 
 
+def test_main_job_reports_the_encodes_per_rate_match(tmp_path):
+    """The mean find_qp encodes per codec over every evaluation's items; the identity's (X' = X~) left out."""
+    import json
+
+    from vrpsr_plugin.main_job import rate_match_cost
+    rows = [('sr', 'baseline', 'libx264', 2), ('sr', 'vrpsr', 'libx264', 3), ('sr', 'identity', 'libx264', 1),
+            ('gan', 'baseline_gan', 'libx265', 2)]
+    for i, (run, method, codec, encodes) in enumerate(rows):
+        file = tmp_path / run / 'cache' / 'items' / method / codec / 'qp27' / f'{i}.json'
+        file.parent.mkdir(parents=True)
+        file.write_text(json.dumps({'method': method, 'codec': codec, 'num_encodes': encodes}))
+    line = rate_match_cost([tmp_path / 'sr', tmp_path / 'gan'])
+    assert 'libx264 2.50 encodes per call (2 calls)' in line and 'libx265 2.00 encodes per call (1 calls)' in line
+
+
 def test_main_job_gan_pair_adds_only_the_discriminator():
     for name in ('vrpsr', 'baseline'):
         gan, mse = _main_job_option(f'{name}_gan'), _main_job_option(name)

@@ -132,6 +132,19 @@ def summary_lines(results: dict, method: str) -> List[str]:
     return lines
 
 
+def rate_match_cost(runs: Sequence[Path]) -> str:
+    """Mean ``find_qp`` encodes per rate match of the evaluations in ``runs``, per codec (the identity's excluded:
+    its X' is X~, whose QP is known)."""
+    counts: Dict[str, List[int]] = {}
+    for run in runs:
+        for file in (run / 'cache' / 'items').rglob('*.json'):
+            row = json.loads(file.read_text())
+            if row['method'] != 'identity':
+                counts.setdefault(row['codec'], []).append(int(row['num_encodes']))
+    return 'rate matching (first QP: the rate model\'s q* calibrated on X~): ' + ', '.join(
+        f'{codec} {sum(v) / len(v):.2f} encodes per call ({len(v)} calls)' for codec, v in sorted(counts.items()))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', type=Path, default=None, help='work folder (default ~/.cache/vrpsr_plugin/main_job)')
@@ -183,8 +196,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     for name in ('baseline_gan', 'vrpsr_gan', 'vrpsr_gan_sr')}
         gan = evaluate(root / 'eval_gan', gan_nets, {}, **common)
         lines += summary_lines(gan, 'vrpsr_gan') + summary_lines(gan, 'vrpsr_gan_sr')
-    reports = [str(root / run / 'results.md') for run in ('eval_sr', 'eval_post', 'eval_gan')[:3 if args.gan else 2]]
-    lines += ['', *log, f'total wall time: {time.time() - start:.0f} s',
+    runs = [root / run for run in ('eval_sr', 'eval_post', 'eval_gan')[:3 if args.gan else 2]]
+    reports = [str(run / 'results.md') for run in runs]
+    lines += ['', rate_match_cost(runs), *log, f'total wall time: {time.time() - start:.0f} s',
               f'tables, paired t-tests and RD plots: {", ".join(reports)}']
     print('\n'.join(lines), flush=True)
     (root / 'main_job.json').write_text(json.dumps({'fidelity': fidelity_report, 'summary': lines}, indent=1,

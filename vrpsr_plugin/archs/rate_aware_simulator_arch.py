@@ -84,14 +84,17 @@ class RateAwareCodecSimulator(nn.Module):
         return self.distortion(x, torch.cat([onehot, qp.to(onehot)[:, None] / QP_NORM], dim=1))
 
     def solve_qp(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """q* with R(X, q*) = bpp of ``cond`` (differentiable in X)."""
+        """q* with R(X, q*) = the stream rate of ``cond``: its bpp plus the rate model's per-picture header over
+        X's pixels (the condition leaves the header out, :mod:`vrpsr_plugin.codecs.condition`; differentiable in
+        X)."""
         lo, hi = (float(v) for v in self.bpp_range)
         bpp = cond[:, -1]
         if bool(((bpp < lo) | (bpp > hi)).any()):
             warnings.warn(f'condition bpp {[round(float(b), 4) for b in bpp]} is outside the range the simulator '
                           f'was fitted on ({lo:.4g}..{hi:.4g} bpp); its output there is an extrapolation',
                           RuntimeWarning, stacklevel=3)
-        return solve_qp(self.rate_model, x, cond[:, :-1], bpp)[0]
+        stream = bpp + self.rate_model.header_bits(cond[:, :-1]).to(bpp) / (x.shape[-2] * x.shape[-1])
+        return solve_qp(self.rate_model, x, cond[:, :-1], stream)[0]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, qp: Optional[torch.Tensor] = None) -> torch.Tensor:
         check_condition(cond, x, len(self.codecs) + 1)

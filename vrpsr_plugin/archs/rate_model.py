@@ -141,20 +141,32 @@ class DCTRateModel(nn.Module):
         return self.bits(self.coefficients(x), onehot, qp) / (x.shape[-2] * x.shape[-1])
 
 
-def qp_hint(rate_model: DCTRateModel, image, codec: str, bpp: float) -> Optional[int]:
+def qp_hint(rate_model: DCTRateModel, image, codec: str, bpp: float,
+            reference: Optional[Tuple[object, int, float]] = None) -> Optional[int]:
     """The integer QP nearest to q* with R(image, q*) = ``bpp``: ``find_qp``'s first guess (its ``first_qp``), so a
     rate-matched encode takes ~2 encodes instead of ~3 (inside ``codec``'s QP range). None when the rate model
-    was not fitted for ``codec``. ``image``: anything :func:`~vrpsr_plugin.codecs.inputs.to_rgb_uint8` takes."""
+    was not fitted for ``codec``. ``image``: anything :func:`~vrpsr_plugin.codecs.inputs.to_rgb_uint8` takes.
+
+    ``reference`` = (picture, qp, bpp): a real encode of a related picture, in Eq. 2 the source X~ at its QP. The
+    model's error on it, real bpp / R(picture, qp), multiplies R(image, q) too: the error the two pictures share
+    (their content's) cancels, which leaves fewer guesses a QP off."""
     from vrpsr_plugin.codecs.condition import CodecCondition
     from vrpsr_plugin.codecs.encoders import qp_range
     from vrpsr_plugin.codecs.inputs import rgb_to_tensor, to_rgb_uint8
     if codec not in rate_model.fitted_codecs:
         return None
     device = rate_model.log_weight.device
-    x = rgb_to_tensor(to_rgb_uint8(image))[None].to(device)
     onehot = CodecCondition(codec, 0.0).vector(rate_model.codecs)[:-1][None].to(device)
+    target = float(bpp)
+    lo_q, hi_q = (float(v) for v in rate_model.qp_range)
     with torch.no_grad():
-        q_star = solve_qp(rate_model, x, onehot, torch.tensor([float(bpp)], device=device))[0]
+        if reference is not None and lo_q <= reference[1] <= hi_q:
+            picture, ref_qp, ref_bpp = reference
+            ref = rgb_to_tensor(to_rgb_uint8(picture))[None].to(device)
+            modelled = float(rate_model(ref, onehot, torch.tensor([float(ref_qp)], device=device))[0])
+            target *= modelled / float(ref_bpp)
+        x = rgb_to_tensor(to_rgb_uint8(image))[None].to(device)
+        q_star = solve_qp(rate_model, x, onehot, torch.tensor([target], device=device))[0]
     lo, hi = qp_range(codec)
     return min(max(int(round(float(q_star))), lo), hi)
 

@@ -186,6 +186,7 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
             if gt.shape != decoded.shape:
                 raise ValueError(f'bank entry {key} {codec} QP {qp} has shape {decoded.shape}, its ground truth '
                                  f'{gt.shape}')
+            pixels = gt.shape[0] * gt.shape[1]  # the bank's rate is that of its whole coded picture
             top, left, h, w = random_crop_box(*gt.shape[:2], self.gt_size, rng, self.align)
             gt, decoded = (img[top:top + h, left:left + w] for img in (gt, decoded))
             bpp, gt_path = float(record['bpp']), osp.join(self.bank.root, key)
@@ -197,10 +198,10 @@ class CodecSimulatorDataset(FreshDrawMixin, data.Dataset):
             if self.input_variation is not None and rng.random() < self.opt.get('input_variation_prob', 0.5):
                 gt = vary_uint8(self.input_variation, gt, [*self.draw_seed(index), 1])
             result = encode(gt, codec, qp=qp, **self.opt.get('encode_kwargs', {}))
-            decoded, bpp, gt_path = result.image, float(result.bpp), key
+            decoded, bpp, gt_path, pixels = result.image, float(result.bpp), key, gt.shape[0] * gt.shape[1]
         if self.bank:
             gt, decoded = augment_pair([gt, decoded], rng, self.opt.get('use_hflip', False),
                                        self.opt.get('use_rot', False))
-        cond = CodecCondition(codec, bpp, qp).vector(self.condition_codecs)
+        cond = CodecCondition.from_stream(codec, bpp, pixels, qp).vector(self.condition_codecs)
         return {'gt': rgb_to_tensor(gt), 'codec_out': rgb_to_tensor(decoded), 'cond': cond, 'qp': qp, 'codec': codec,
                 'gt_path': gt_path}

@@ -70,8 +70,9 @@ class DegradeAndEncode:
         with ThreadPoolExecutor(min(self.workers, len(images))) as pool:
             coded = list(pool.map(lambda args: encode(args[0], args[1], qp=int(args[2]), **self.encode_kwargs),
                                   zip(images, codecs, qps)))
-        cond = [CodecCondition(codec, float(c.bpp) / self.scale ** 2, int(qp)).vector(self.condition_codecs)
-                for c, codec, qp in zip(coded, codecs, qps)]
+        out_pixels = lq.shape[-2] * lq.shape[-1] * self.scale ** 2  # c is in bpp of X' (Eq. 2)
+        cond = [CodecCondition.from_stream(codec, float(c.bpp) / self.scale ** 2, out_pixels, int(qp)).vector(
+            self.condition_codecs) for c, codec, qp in zip(coded, codecs, qps)]
         return {'lq': torch.stack([rgb_to_tensor(x) for x in images]).to(lq.device),
                 'lq_codec': torch.stack([rgb_to_tensor(c.image) for c in coded]).to(lq.device),
                 'cond': torch.stack(cond).to(lq.device), 'lq_bpp': torch.tensor([float(c.bpp) for c in coded])}
@@ -148,6 +149,7 @@ class RecompressionSRDataset(FreshDrawMixin, data.Dataset):
             sample.update({k: v[0] for k, v in source.items()})
         if self.opt.get('with_target', True):
             target = encode(gt, codec, qp=qp_target, **self.opt.get('encode_kwargs', {}))  # c' (Eq. 7)
-            sample.update(cond_target=CodecCondition(codec, float(target.bpp), qp_target).vector(
-                self.condition_codecs), qp_target=qp_target, gt_codec=rgb_to_tensor(target.image))
+            cond_target = CodecCondition.from_stream(codec, float(target.bpp), gt.shape[0] * gt.shape[1], qp_target)
+            sample.update(cond_target=cond_target.vector(self.condition_codecs), qp_target=qp_target,
+                          gt_codec=rgb_to_tensor(target.image))
         return sample

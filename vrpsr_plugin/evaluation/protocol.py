@@ -247,7 +247,8 @@ class Protocol:
             out = x if self.scale == 1 else F.interpolate(x, scale_factor=self.scale, mode='bicubic',
                                                           align_corners=False)
         else:
-            cond = CodecCondition(codec, target_bpp).vector()[None] if aware else None
+            pixels = x.shape[-2] * x.shape[-1] * self.scale ** 2
+            cond = CodecCondition.from_stream(codec, target_bpp, pixels).vector()[None] if aware else None
             device = module_device(model)
             with torch.no_grad():
                 out = self.restore(model, x.to(device), cond.to(device) if cond is not None else None,
@@ -265,7 +266,7 @@ class Protocol:
         hr, src = self.hr(path), self.source(path, codec, point)
         target_bpp = 8.0 * src['num_bytes'] / (hr.shape[0] * hr.shape[1])
         restored = self.restored(name, path, codec, point, target_bpp)
-        first_qp = self.first_qp(name, restored, codec, target_bpp, src.get('qp'))
+        first_qp = self.first_qp(name, restored, codec, target_bpp, path, src)
         result = codec_api.find_qp(restored, codec, target_bpp, first_qp=first_qp)
         final = self.post_process(name, result.image, codec, target_bpp)
         row = {'image': path.stem, 'method': name, 'codec': codec, 'mode': point.mode, 'point': point.value,
@@ -282,17 +283,18 @@ class Protocol:
         cache.write_json(file, row)
         return row
 
-    def first_qp(self, name: str, restored: np.ndarray, codec: str, target_bpp: float,
-                 source_qp: Optional[int]) -> Optional[int]:
+    def first_qp(self, name: str, restored: np.ndarray, codec: str, target_bpp: float, path: Path,
+                 source: dict) -> Optional[int]:
         """find_qp's first guess for X' of method ``name``: X~'s QP for the identity at scale 1 (X' is X~: exact),
-        else the rate model's q* (about 2 encodes per call) when it was fitted for ``codec``, else X~'s QP (about
-        3); the guess never changes the QP found."""
+        else the rate model's q* (about 2 encodes per call) when it was fitted for ``codec``, calibrated on X~'s
+        real encode (``qp_hint``'s ``reference``), else X~'s QP (about 3); the guess never changes the QP found."""
         if self.rate_model is not None and not (self.models.get(name) is None and self.scale == 1):
             from vrpsr_plugin.archs.rate_model import qp_hint
-            hint = qp_hint(self.rate_model, restored, codec, target_bpp)
+            reference = (self.lr(path), source['qp'], source['bpp']) if source.get('qp') is not None else None
+            hint = qp_hint(self.rate_model, restored, codec, target_bpp, reference=reference)
             if hint is not None:
                 return hint
-        return source_qp
+        return source.get('qp')
 
     def post_process(self, name: str, decoded: np.ndarray, codec: str, target_bpp: float) -> np.ndarray:
         """What the viewer gets: the decoded picture, or h(X^, c) for a method with post-processing (§3.4)."""
@@ -300,7 +302,8 @@ class Protocol:
         if net is None:
             return decoded
         device = module_device(net)
-        cond = CodecCondition(codec, target_bpp).vector()[None].to(device)
+        cond = CodecCondition.from_stream(codec, target_bpp, decoded.shape[0] * decoded.shape[1]).vector()[None]
+        cond = cond.to(device)
         with torch.no_grad():
             out = self.restore(net, rgb_to_tensor(decoded)[None].to(device), cond, tile=self.cfg.tile).cpu()
         return tensor2img(out[0], rgb2bgr=False)

@@ -29,7 +29,7 @@ def simulator_item(protocol: Protocol, simulator: torch.nn.Module, path, codec: 
         return found
     hr = protocol.hr(path)
     real = codec_api.encode(hr, codec, qp=qp)
-    cond = CodecCondition(codec, float(real.bpp)).vector()[None]
+    cond = CodecCondition.from_stream(codec, float(real.bpp), hr.shape[0] * hr.shape[1]).vector()[None]
     device = module_device(simulator)
     with torch.no_grad():
         out = restore(simulator, rgb_to_tensor(hr)[None].to(device), cond.to(device), tile=protocol.cfg.tile).cpu()

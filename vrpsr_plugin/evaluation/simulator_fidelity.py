@@ -33,7 +33,8 @@ def _simulate(simulator: torch.nn.Module, image: np.ndarray, codec: str, bpp: fl
     from vrpsr_plugin.codecs import CodecCondition
     from vrpsr_plugin.codecs.inputs import rgb_to_tensor
     with torch.no_grad():
-        out = simulator(rgb_to_tensor(image)[None], CodecCondition(codec, float(bpp)).vector()[None])
+        cond = CodecCondition.from_stream(codec, float(bpp), image.shape[0] * image.shape[1]).vector()[None]
+        out = simulator(rgb_to_tensor(image)[None], cond)
     return tensor2img(out[0], rgb2bgr=False)
 
 

@@ -1,8 +1,8 @@
 """Fit the rate model R(X, q) (:mod:`vrpsr_plugin.archs.rate_model`) to real encodes (stage 1, beyond the paper).
 
-Crops of several sizes (so that the per-picture header is identifiable: a crop's bpp depends on its size) are
-coded by the real codecs at every QP of a grid; R's few per-frequency parameters are fitted by least squares on
-ln(bpp). Runs in well under a minute for a few hundred crops on a CPU; the encodes dominate.
+Crops of several sizes (a crop's bpp depends on its size through the per-picture header, which is measured, not
+fitted) are coded by the real codecs at every QP of a grid; R's few per-frequency parameters are fitted by least
+squares on ln(bpp). Runs in well under a minute for a few hundred crops on a CPU; the encodes dominate.
 """
 import math
 from dataclasses import dataclass
@@ -105,12 +105,17 @@ def rate_errors(model: DCTRateModel, samples: Sequence[RateSample]) -> Dict[str,
 def fit_rate_model(model: DCTRateModel, samples: Sequence[RateSample], steps: int = 300,
                    lr: float = 0.05) -> Dict[str, float]:
     """Least squares on ln(bpp) with Adam over all samples at once (histogrammed magnitudes, see :func:`_design`);
-    sets ``model``'s parameters (those of codecs without samples stay at their initial values) and returns
-    :func:`rate_errors` on ``samples`` (exact magnitudes) after the fit."""
+    sets ``model``'s parameters (those of codecs without samples stay at their initial values; the header is each
+    codec's measured :func:`~vrpsr_plugin.codecs.condition.picture_header_bits`, the part the condition leaves
+    out) and returns :func:`rate_errors` on ``samples`` (exact magnitudes) after the fit."""
+    from vrpsr_plugin.codecs.condition import picture_header_bits
     if not samples:
         raise ValueError('no rate samples to fit')
+    with torch.no_grad():
+        for codec in {c for s in samples for c in s.codecs}:
+            model.log_header_bits[model.codecs.index(codec)] = math.log(picture_header_bits(codec))
     counts, crop, pair, onehot, qps, log_bpp, pixels = _design(model, samples)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam([model.log_weight, model.log_scale, model.log_exponent], lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     for _ in range(steps):
         optimizer.zero_grad()

@@ -23,6 +23,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
+from vrpsr_plugin.codecs.condition import stream_bpp
 from vrpsr_plugin.models.codec_simulator_model import CodecLoopModel, run_net
 
 _SUPERVISION = ('simulator', 'real_codec', 'clean')
@@ -37,14 +38,16 @@ def fingerprint(net: nn.Module) -> torch.Tensor:
 
 def real_codec(images: torch.Tensor, codecs: List[str], bpps: Optional[torch.Tensor] = None,
                qps: Optional[List[int]] = None, **encode_kwargs) -> Tuple[torch.Tensor, List[float]]:
-    """Each image through its real codec, at the QP matching ``bpps`` (Eq. 2, find_qp) or at ``qps``;
-    returns the decoded batch (on the input's device) and the measured bpps."""
+    """Each image through its real codec, at the QP matching the condition bpps ``bpps`` (Eq. 2, find_qp, to
+    their whole-stream rate) or at ``qps``; returns the decoded batch (on the input's device) and the measured
+    (whole-stream) bpps."""
     from vrpsr_plugin.codecs import encode, find_qp
     out, rates = [], []
     for i, codec in enumerate(codecs):
         image = images[i].detach().float().clamp(0, 1).cpu()
         if bpps is not None:
-            result = find_qp(image, codec, float(bpps[i]), **encode_kwargs)
+            target = stream_bpp(codec, float(bpps[i]), image.shape[-2] * image.shape[-1])
+            result = find_qp(image, codec, target, **encode_kwargs)
         elif qps is not None:
             result = encode(image, codec, qp=int(qps[i]), **encode_kwargs)
         else:
@@ -221,7 +224,8 @@ class VRPSRModel(CodecLoopModel):
                     self.save_visuals(dataloader.dataset.opt['name'], current_iter, batch['gt_path'], sr=x_prime,
                                       recompressed=final)
                 for i in range(final.shape[0]):
-                    target_bpp = float(self.cond[i, -1])
+                    target_bpp = stream_bpp(self.codecs[i], float(self.cond[i, -1]),
+                                            final.shape[-2] * final.shape[-1])
                     rows.append({**self.score(final[i:i + 1], self.gt[i:i + 1]), 'bpp': rates[i],
                                  'target_bpp': target_bpp})
         for net, mode in zip(nets, modes):
