@@ -253,8 +253,8 @@ class CodecSimulatorModel(CodecLoopModel):
                                            keep_decodes=proxy is not None, **data_opt.get('encode_kwargs', {}))
             errors = fit_rate_model(net.rate_model, samples, steps=int(fit_opt.get('steps', 400)))
             from vrpsr_plugin.codecs.condition import CodecCondition
-            pixels = lambda s: s.image.shape[0] * s.image.shape[1]  # noqa: E731
-            bpps = [CodecCondition.from_stream(c, b, pixels(s)).bpp for s in samples for c, b in zip(s.codecs, s.bpps)]
+            bpps = [CodecCondition.from_stream(c, b, s.image.shape[0] * s.image.shape[1]).bpp
+                    for s in samples for c, b in zip(s.codecs, s.bpps)]
             net.bpp_range.copy_(torch.tensor([min(bpps), max(bpps)]))
             logger.info(f'rate model fitted on {errors["count"]} real encodes of {len(samples)} crops: mean '
                         f'|R/real - 1| = {errors["mean_rel_error"]:.3f}, median {errors["median_rel_error"]:.3f}; '
