@@ -1,10 +1,12 @@
 """DDP through BasicSR's launcher on CPUs (gloo): torchrun with 2 ranks of batch B reaches the weights of one
 process with batch 2B; encoder threads per rank (vrpsr_plugin.distributed)."""
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -19,17 +21,33 @@ COMMON = ['train:total_iter=3', 'train:scheduler:total_steps=10', 'logger:save_c
           'train:perceptual_opt:lpips_weight=0']
 
 
-def run(root, args):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(root)}
-    proc = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+def run(root, args, timeout=240):
+    """Run ``python args`` (the ranks talk over the loopback interface); a run still going after ``timeout`` s
+    fails with the stack of every thread of every process it started (faulthandler, on SIGABRT), which are then
+    killed."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(root),
+           'GLOO_SOCKET_IFNAME': 'lo', 'PYTHONFAULTHANDLER': '1'}
+    proc = subprocess.Popen([sys.executable, *args], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        out = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        for process in tree:
+            process.send_signal(signal.SIGABRT)
+        psutil.wait_procs(tree, timeout=10)
+        for process in tree:
+            if process.is_running():
+                process.kill()
+        pytest.fail(f'{args} still ran after {timeout} s; the stacks:\n{proc.communicate()[0][-12000:]}')
+    assert proc.returncode == 0, out[-4000:]
 
 
 def test_two_gloo_ranks_equal_one_process_with_the_double_batch(tmp_path):
     write_demo_images(tmp_path / 'datasets/demo/train', size=96, per_photo=1,
                       names=['astronaut', 'coffee', 'chelsea', 'rocket'])
     write_demo_images(tmp_path / 'datasets/demo/val', size=64, per_photo=1, names=['chelsea'])
-    run(tmp_path, ['-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29541',
+    run(tmp_path, ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                    '-m', 'vrpsr_plugin.train', '-opt', OPTION, '--launcher', 'pytorch',
                    '--force_yml', 'name=ddp', 'datasets:train:batch_size_per_gpu=1', *COMMON])
     run(tmp_path, ['-m', 'vrpsr_plugin.train', '-opt', OPTION,

@@ -47,8 +47,10 @@ def start(tmp_path: Path, args: list, children: int = 1) -> tuple:
     pids = tmp_path / 'ffmpeg.pids'
     env = {**os.environ, 'VRPSR_FFMPEG': str(fake), 'HUNG_FFMPEG_PIDS': str(pids), 'OMP_NUM_THREADS': '1',
            'PYTHONPATH': str(REPO), 'VRPSR_ROOT': str(tmp_path)}
+    # SIGINT as in a terminal, even where pytest itself inherited it ignored (a shell's background job)
     proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (pids.exists() and len(pids.read_text().split()) >= children):
         if proc.poll() is not None or time.monotonic() > deadline:
