@@ -80,12 +80,19 @@ def test_distortion_grows_with_qp_noise_is_drawn_with_autograd_and_the_mean_with
     assert mse(mean, x) < mse(draws[0], x)
 
 
-def test_simulator_with_the_proxy_charges_bits_and_refuses_an_unfitted_proxy(fitted_proxy, photo):
-    proxy, _, samples = fitted_proxy
+def rate_aware_simulator(samples) -> RateAwareCodecSimulator:
+    """A rate-aware simulator with ``distortion: dct``, its rate model fitted on x264 encodes of the samples' crops
+    and its proxy not yet fitted."""
     sim = RateAwareCodecSimulator(qp_range=(17, 51), distortion='dct')
     fit_rate_model(sim.rate_model, collect_rate_samples([s.image for s in samples], ['libx264'], [17, 27, 37, 47],
                                                         [64], seed=0), steps=100)
     sim.bpp_range.copy_(torch.tensor([0.05, 5.0]))
+    return sim
+
+
+def test_simulator_with_the_proxy_charges_bits_and_refuses_an_unfitted_proxy(fitted_proxy, photo):
+    proxy, _, samples = fitted_proxy
+    sim = rate_aware_simulator(samples)
     with pytest.raises(ValueError, match='quantisation proxy was never fitted'):
         sim.load_state_dict(sim.state_dict())
     sim.distortion.load_state_dict(proxy.state_dict())
@@ -117,3 +124,19 @@ def test_proxy_is_numerically_stable_in_bf16(fitted_proxy, photo):
         full = proxy(x, X264, torch.tensor([37.0]))
         half = proxy(x.bfloat16(), X264, torch.tensor([37.0]))
     assert half.dtype == torch.bfloat16 and np.isclose(mse(half.float(), full), 0.0, atol=1e-4)
+
+
+def test_fidelity_reports_the_simulator_that_stage_2_trains_through(fitted_proxy, photos):
+    """On a held-out photo the proxy's no-grad output (its conditional mean) is closer to X than the real decode;
+    the drawn output, what stage 2 trains through, loses about what the decode loses, and fidelity reports it."""
+    from vrpsr_plugin.evaluation.simulator_fidelity import _psnr, _simulate, fidelity, format_fidelity
+    proxy, _, samples = fitted_proxy
+    sim = rate_aware_simulator(samples)
+    sim.distortion.load_state_dict(proxy.state_dict())
+    report = fidelity(sim, [photos[2]], codecs=['libx264'], qps=[37], noise_qps=[37])
+    drawn, noise = report['libx264']['drawn'][37], report['libx264']['noise'][37]
+    real = encode(photos[2], 'libx264', qp=37)
+    real_db, mean_db = (_psnr(photos[2], y) for y in (real.image, _simulate(sim, photos[2], 'libx264', real.bpp)))
+    assert report['libx264']['psnr'][37]['identity_vs_real'] == pytest.approx(real_db)
+    assert mean_db > real_db + 1 and abs(drawn - real_db) < 1
+    assert noise['drawn_db'] != noise['sim_db'] and 'as stage 2 trains through it' in format_fidelity(report)

@@ -199,3 +199,4 @@ def test_fidelity_of_an_identity_simulator_is_the_identity_row(photo):
     assert all(v['sim_vs_real'] == pytest.approx(v['identity_vs_real']) for v in row['psnr'].values())
     assert row['rate'] is None and all(v == float('inf') for v in row['sweep']['psnr_vs_x'])
     assert row['noise'][37]['sim_db'] > 0 and 'noise (sigma 6) at the bpp of QP 37' in format_fidelity(report)
+    assert row['noise'][37]['drawn_db'] == pytest.approx(row['noise'][37]['sim_db'])  # a CNN draws no noise
