@@ -143,3 +143,32 @@ def test_main_job_stops_its_training(tmp_path):
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not survivors and proc.returncode == 128 + signal.SIGTERM and 'main_job: terminated' in out, out[-3000:]
+
+
+SWALLOWING_WORKER = '''
+import os, sys, time
+from vrpsr_plugin.commands import stop_with_parent
+stop_with_parent(os.getppid())
+while True:
+    try:
+        print('ready', flush=True)
+        time.sleep(60)
+    except BaseException:  # as a process pool's worker loop does with an error between its tasks
+        pass
+'''
+
+
+def test_a_worker_that_swallows_the_termination_still_exits():
+    """A worker (``stop_with_parent``) whose code catches the SIGTERM exception exits WORKER_EXIT_GRACE s later."""
+    from vrpsr_plugin.commands import WORKER_EXIT_GRACE
+    proc = subprocess.Popen([sys.executable, '-c', SWALLOWING_WORKER], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, 'PYTHONPATH': str(REPO)})
+    try:
+        assert proc.stdout.readline().strip() == 'ready'
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WORKER_EXIT_GRACE + 30) == 128 + signal.SIGTERM
+        assert time.monotonic() - start >= WORKER_EXIT_GRACE - 1  # it did unwind first: the exception was caught
+    finally:
+        proc.kill()
+        proc.wait()

@@ -18,6 +18,7 @@ from typing import Callable, Tuple, Type
 from vrpsr_plugin.codecs.errors import CodecError
 
 EXIT_USER_ERROR = 2
+WORKER_EXIT_GRACE = 10.0  # s from SIGTERM to a worker's exit, whatever catches the exception
 
 
 class UserError(Exception):
@@ -41,17 +42,29 @@ def _raise_terminated(signum: int, _frame) -> None:
     raise Terminated(128 + signum)
 
 
-def unwind_on_termination() -> None:
+def _raise_terminated_then_exit(signum: int, frame) -> None:
+    """A worker's :func:`_raise_terminated` that also exits the process ``WORKER_EXIT_GRACE`` s later: a pool's
+    worker loop catches every exception raised between its tasks (or while it sends a result back) and then waits
+    for a next task that never comes, which left its parent waiting for it forever (seen once in CI)."""
+    import threading
+    timer = threading.Timer(WORKER_EXIT_GRACE, os._exit, args=(128 + signum,))
+    timer.daemon = True
+    timer.start()
+    _raise_terminated(signum, frame)
+
+
+def unwind_on_termination(handler: Callable = _raise_terminated) -> None:
     """Make SIGTERM and SIGHUP raise :class:`Terminated` (idempotent; main thread only)."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_terminated)
+        signal.signal(signum, handler)
 
 
 def stop_with_parent(parent: int) -> None:
     """Initializer of worker processes (DataLoader, process pools): SIGTERM unwinds the worker (its ffmpeg children
-    are killed by their ``finally``), and the kernel sends it SIGTERM when ``parent`` (the pid that started it)
-    dies (Linux). A worker whose parent already died exits."""
-    unwind_on_termination()
+    are killed by their ``finally``) and the worker exits at the latest ``WORKER_EXIT_GRACE`` s later; the kernel
+    sends it SIGTERM when ``parent`` (the pid that started it) dies (Linux). A worker whose parent already died
+    exits."""
+    unwind_on_termination(_raise_terminated_then_exit)
     try:
         import ctypes
         ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
